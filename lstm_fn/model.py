@@ -1,0 +1,144 @@
+"""The stacked recurrent language model as pure functions over a plain-dict params tree.
+
+``params`` is the JSON weights ``params`` tree::
+
+    {"embed": [V, E],
+     "layers": [{"w_x": [In, G*H], "w_h": [H, G*H], "b_x": [G*H], "b_h": [G*H]}, ...],
+     "head": {"w": [H, V], "b": [V]}}
+
+Forward: ``x_t = embed[token_t]``, each layer's output sequence feeds the next (times a
+dropout mask when training), ``logits_t = h_top_t @ head.w + head.b``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lstm_fn.cells import get_cell, init_layer, zero_state
+from lstm_fn.scan import layer_scan
+from reference_numpy import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a model. ``dropout`` is the drop probability applied to every
+    layer's output sequence during training (0 disables it); it is not part of a weights file."""
+
+    cell: str = "lstm"
+    vocab_size: int = 65
+    embed_size: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        spec.num_gates(self.cell)
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
+        if self.vocab_size < 2:
+            raise ValueError(f"model.vocab_size must be >= 2, got {self.vocab_size}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def architecture(self) -> dict:
+        """The JSON ``model`` dict: the fields a weights file records."""
+        return {k: getattr(self, k) for k in spec.MODEL_KEYS}
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        shapes = jax.tree.leaves(spec.param_shapes(self.architecture()),
+                                 is_leaf=lambda s: isinstance(s, tuple))
+        return sum(math.prod(shape) for shape in shapes)
+
+
+def init(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
+    """Fresh parameters: embedding ``N(0, 1)``, layers from :func:`lstm_fn.cells.init_layer`,
+    head ``w`` uniform in ``±1/sqrt(H)`` and ``b`` zero."""
+    k_embed, k_head, *k_layers = jax.random.split(key, 2 + cfg.num_layers)
+    H = cfg.hidden_size
+    layers = [
+        init_layer(k, cfg.cell, cfg.embed_size if l == 0 else H, H, dtype)
+        for l, k in enumerate(k_layers)
+    ]
+    bound = 1.0 / H**0.5
+    return {
+        "embed": jax.random.normal(k_embed, (cfg.vocab_size, cfg.embed_size), dtype),
+        "layers": layers,
+        "head": {"w": jax.random.uniform(k_head, (H, cfg.vocab_size), dtype, -bound, bound),
+                 "b": jnp.zeros((cfg.vocab_size,), dtype)},
+    }
+
+
+def initial_state(cfg: ModelConfig, batch_size: int, dtype=jnp.float32) -> tuple:
+    """Zero carry: a tuple with one state per layer, ``(h, c)`` for lstm, ``(h,)`` otherwise,
+    each ``[B, H]``."""
+    return tuple(zero_state(cfg.cell, batch_size, cfg.hidden_size, dtype)
+                 for _ in range(cfg.num_layers))
+
+
+def dropout_masks(key: jax.Array, cfg: ModelConfig, batch_size: int, seq_len: int,
+                  dtype=jnp.float32) -> list[jax.Array] | None:
+    """Inverted-dropout masks, one ``[B, T, H]`` per layer, values 0 or ``1/(1-p)``;
+    None when ``cfg.dropout`` is 0. Passed to :func:`apply` so the numpy twin can use the
+    very same masks."""
+    if cfg.dropout == 0.0:
+        return None
+    keep = 1.0 - cfg.dropout
+    shape = (batch_size, seq_len, cfg.hidden_size)
+    return [jax.random.bernoulli(k, keep, shape).astype(dtype) / keep
+            for k in jax.random.split(key, cfg.num_layers)]
+
+
+def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None = None,
+          *, dropout_masks: list[jax.Array] | None = None) -> tuple[jax.Array, tuple]:
+    """Logits for every position and the carry after the last one.
+
+    Args:
+      params: the params tree (see the module docstring).
+      cfg: the architecture.
+      tokens: int32 ``[B, T]``.
+      carry: per-layer states from :func:`initial_state` or a previous call (None: zeros).
+      dropout_masks: optional list of ``[B, T, H]`` masks, one per layer (training only).
+
+    Returns:
+      ``(logits [B, T, V], carry)``.
+    """
+    dtype = params["embed"].dtype
+    if carry is None:
+        carry = initial_state(cfg, tokens.shape[0], dtype)
+    xs = params["embed"][tokens.T]  # [T, B, E]: time-major for the scan
+    new_carry = []
+    for l, p in enumerate(params["layers"]):
+        xs, c = layer_scan(cfg.cell, p, xs, carry[l])  # [T, B, H]
+        if dropout_masks is not None:
+            xs = xs * jnp.swapaxes(dropout_masks[l], 0, 1)
+        new_carry.append(c)
+    logits = jnp.swapaxes(xs, 0, 1) @ params["head"]["w"] + params["head"]["b"]  # [B, T, V]
+    return logits, tuple(new_carry)
+
+
+def loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
+         carry: tuple | None = None, *, dropout_masks: list[jax.Array] | None = None,
+         mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+    """Mean softmax cross-entropy in nats per character, and the carry.
+
+    Args:
+      tokens, targets: int32 ``[B, T]``; ``targets[b, t]`` is the character after ``tokens[b, t]``.
+      mask: optional float ``[B, T]`` weights (0 for padding): ``sum(mask * nll) / sum(mask)``.
+
+    Returns:
+      ``(loss scalar, carry)``.
+    """
+    logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
+    if mask is None:
+        return nll.mean(), carry
+    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0), carry

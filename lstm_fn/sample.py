@@ -1,0 +1,250 @@
+"""Text generation as compiled JAX programs: temperature, top-k, nucleus (top-p), greedy.
+
+The prime runs through :func:`lstm_fn.model.apply` once (:func:`warm_up`); new tokens then
+come from :func:`generate_chunk`, one jit-compiled ``lax.scan`` per chunk that draws a token
+from the current logits and feeds it back through the cells of the registry. :func:`generate`
+strings chunks together and yields each as soon as it is computed, so an arbitrarily long
+``length`` streams in constant memory.
+
+Randomness: the token at absolute step ``t`` (0 = first token after the prime) is drawn with
+``jax.random.fold_in(key, t)``, so a fixed key gives the same text whatever the chunk size.
+All ``S`` samples of a step share that key; ``jax.random.categorical`` draws the rows
+independently.
+
+The filtering semantics are those of :func:`reference_numpy.sample.next_token_probs`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lstm_fn.cells import get_cell
+from lstm_fn.model import ModelConfig, apply
+from lstm_fn.vocab import Vocab
+
+
+def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
+                  top_k: int | None, top_p: jax.typing.ArrayLike | None) -> jax.Array:
+    """Logits of the distribution a sampler draws from: scaled, then top-k, then nucleus.
+
+    ``z = logits / temperature``; tokens are ranked by ``z``, most likely first, ties by the
+    lower id (as ``np.argsort(kind="stable")``). A token is kept when its rank is below
+    ``min(top_k, reach)``, where ``reach`` is one plus the number of ranks whose running
+    probability ``cumsum(softmax(z)[order])`` is still below ``top_p``: the smallest set of
+    most likely tokens whose mass reaches ``top_p``, never empty. Dropped tokens get
+    ``-inf``, so ``softmax`` of the result is :func:`reference_numpy.sample.next_token_probs`.
+
+    Args:
+      logits: float ``[S, V]``.
+      temperature: scalar > 0 (may be traced).
+      top_k: int >= 1 or None (static: it is compared against ranks at trace time).
+      top_p: scalar in ``(0, 1]`` or None (may be traced).
+
+    Returns:
+      float ``[S, V]``: ``z`` where kept, ``-inf`` elsewhere.
+    """
+    scaled = logits / temperature
+    if top_k is None and top_p is None:
+        return scaled
+    order = jnp.argsort(-scaled, axis=-1, stable=True)  # [S, V] ids, most likely first
+    rank = jnp.argsort(order, axis=-1)  # [S, V] rank of each id
+    keep = jnp.full(scaled.shape[:-1] + (1,), scaled.shape[-1])  # [S, 1]
+    if top_k is not None:
+        keep = jnp.minimum(keep, top_k)
+    if top_p is not None:
+        sorted_probs = jax.nn.softmax(jnp.take_along_axis(scaled, order, axis=-1), axis=-1)
+        mass = jnp.cumsum(sorted_probs, axis=-1)  # [S, V]
+        reach = jnp.sum(mass < top_p, axis=-1, keepdims=True) + 1  # [S, 1]
+        keep = jnp.minimum(keep, reach)
+    return jnp.where(rank < keep, scaled, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_samples"))
+def warm_up(params: dict, cfg: ModelConfig, prime_ids: jax.Array,
+            num_samples: int) -> tuple[tuple, jax.Array]:
+    """Run the prime through the model and copy the result for ``S`` samples.
+
+    The prime is run once with batch 1 and its carry and last logits broadcast to ``S``
+    rows: the same numbers as a batch of ``S`` identical copies, at ``1/S`` of the cost.
+
+    Args:
+      prime_ids: int ``[P]``, ``P >= 1``.
+      num_samples: ``S`` (static).
+
+    Returns:
+      ``(carry, last_logits [S, V])``; carry is per layer, each part ``[S, H]``.
+    """
+    logits, carry = apply(params, cfg, prime_ids[None, :])  # [1, P, V]
+    copies = lambda a: jnp.broadcast_to(a, (num_samples,) + a.shape[1:])
+    return jax.tree.map(copies, carry), copies(logits[:, -1])
+
+
+def _next_logits(params: dict, cfg: ModelConfig, carry: tuple,
+                 ids: jax.Array) -> tuple[tuple, jax.Array]:
+    """One step of the model for tokens ``ids [S]``: ``(carry, logits [S, V])``."""
+    step = get_cell(cfg.cell).step
+    x = params["embed"][ids]  # [S, E]
+    new_carry = []
+    for p, layer_carry in zip(params["layers"], carry):
+        layer_carry, x = step(p, layer_carry, x @ p["w_x"] + p["b_x"])  # x: [S, H]
+        new_carry.append(layer_carry)
+    return tuple(new_carry), x @ params["head"]["w"] + params["head"]["b"]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "length", "top_k", "greedy"))
+def generate_chunk(params: dict, cfg: ModelConfig, carry: tuple, logits: jax.Array,
+                   key: jax.Array, length: int, *, temperature: jax.typing.ArrayLike = 1.0,
+                   top_k: int | None = None, top_p: jax.typing.ArrayLike | None = None,
+                   greedy: bool = False, start: jax.typing.ArrayLike = 0,
+                   ) -> tuple[jax.Array, tuple, jax.Array]:
+    """Draw ``length`` tokens in one compiled ``lax.scan``, feeding each back in.
+
+    Step ``i`` draws ``id = argmax(logits)`` when ``greedy``, else
+    ``categorical(fold_in(key, start + i), filter_logits(logits))``, then advances the carry
+    and logits by one model step. Compiled once per ``(cfg, length, top_k, greedy)`` and
+    shapes; ``temperature``, ``top_p`` and ``start`` are traced (changing them reuses the
+    program; ``top_p=None`` and a number are two programs).
+
+    Args:
+      carry, logits: state after the previous token (from :func:`warm_up` or a previous
+        chunk); logits ``[S, V]``.
+      key: PRNG key (unused when ``greedy``).
+      length: number of tokens (static).
+      start: absolute index of this chunk's first step, for the per-step keys.
+
+    Returns:
+      ``(ids int32 [S, length], carry, logits [S, V])`` ready for the next chunk.
+    """
+
+    def body(state, t):
+        carry, logits = state
+        if greedy:
+            ids = jnp.argmax(logits, axis=-1)
+        else:
+            filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            ids = jax.random.categorical(jax.random.fold_in(key, t), filtered, axis=-1)
+        ids = ids.astype(jnp.int32)  # [S]
+        return _next_logits(params, cfg, carry, ids), ids
+
+    steps = start + jnp.arange(length, dtype=jnp.int32)
+    (carry, logits), ids = lax.scan(body, (carry, logits), steps)  # ids: [length, S]
+    return ids.T, carry, logits
+
+
+def _check_options(cfg: ModelConfig, prime_ids: np.ndarray, length, num_samples, temperature,
+                   top_k, top_p, greedy, chunk_size, key) -> None:
+    """ValueError naming the first bad option."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(length) or length < 0:
+        raise ValueError(f"length must be an integer >= 0, got {length!r}")
+    if not is_int(num_samples) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if not is_int(chunk_size) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 unless greedy, got {temperature!r}")
+    if not greedy and key is None:
+        raise ValueError("key is required unless greedy")
+    if prime_ids.ndim != 1 or prime_ids.size == 0:
+        raise ValueError(f"prime must be a non-empty 1-d sequence of ids, got shape "
+                         f"{prime_ids.shape}")
+    if prime_ids.min() < 0 or prime_ids.max() >= cfg.vocab_size:
+        raise ValueError(f"prime ids must be in [0, {cfg.vocab_size}), got "
+                         f"{prime_ids.min()}..{prime_ids.max()}")
+
+
+def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *, key: jax.Array | None,
+             num_samples: int = 1, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, greedy: bool = False,
+             chunk_size: int = 256) -> Iterator[np.ndarray]:
+    """Continue a prime with ``length`` tokens per sample, yielded chunk by chunk.
+
+    Options are checked when called (ValueError naming the option), before anything runs.
+    Chunks have ``chunk_size`` steps except the last, which is ``length % chunk_size`` long
+    and compiled as its own shape (so at most two programs per call, both cached): nothing is
+    computed past ``length``. The next chunk is dispatched before the current one is copied
+    to the host, so the device keeps working while the caller writes out text.
+
+    Args:
+      prime_ids: int ``[P]``, ``P >= 1``, ids in ``[0, V)``.
+      length: number of new tokens per sample, ``>= 0`` (0 yields nothing).
+      key: PRNG key; may be None when ``greedy``.
+      num_samples: ``S >= 1`` independent continuations of the same prime.
+      temperature: > 0 unless ``greedy`` (then ignored, as are ``top_k`` and ``top_p``).
+      top_k: int >= 1 or None. top_p: in ``(0, 1]`` or None.
+      greedy: take the argmax instead of sampling.
+      chunk_size: steps per compiled chunk; the output does not depend on it.
+
+    Yields:
+      int32 ``np.ndarray [S, n]`` with ``n <= chunk_size``, the new ids in order.
+    """
+    prime_ids = np.asarray(prime_ids)
+    if prime_ids.size and not np.issubdtype(prime_ids.dtype, np.integer):
+        raise ValueError(f"prime ids must be integers, got dtype {prime_ids.dtype}")
+    _check_options(cfg, prime_ids, length, num_samples, temperature, top_k, top_p, greedy,
+                   chunk_size, key)
+    if greedy:  # one program for every greedy call, whatever the sampling options
+        key, temperature, top_k, top_p = jax.random.key(0), 1.0, None, None
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    return _chunks(params, cfg, prime_ids.astype(np.int32), length, key, num_samples,
+                   chunk_size, options)
+
+
+def _chunks(params, cfg, prime_ids, length, key, num_samples, chunk_size,
+            options) -> Iterator[np.ndarray]:
+    """The generator behind :func:`generate` (options already checked)."""
+    if length == 0:
+        return
+    carry, logits = warm_up(params, cfg, jnp.asarray(prime_ids), num_samples)
+    pending = None
+    for start in range(0, length, chunk_size):
+        steps = min(chunk_size, length - start)
+        ids, carry, logits = generate_chunk(params, cfg, carry, logits, key, steps,
+                                            start=start, **options)
+        if pending is not None:
+            yield np.asarray(pending)
+        pending = ids
+    yield np.asarray(pending)
+
+
+def sample_text(params: dict, cfg: ModelConfig, vocab: Vocab, prime: str, length: int,
+                **kwargs) -> Iterator[str]:
+    """Continue ``prime`` with ``length`` tokens of one sample, yielded as text pieces.
+
+    The prime is encoded when called (:class:`lstm_fn.vocab.CorpusError` names unknown
+    characters). Pieces come from ``vocab.streaming_decoder()``, so in "bytes" mode a
+    character split across chunks comes out whole; the decoder is flushed at the end (an
+    unfinished character becomes U+FFFD). Empty pieces are not yielded.
+
+    Args:
+      kwargs: :func:`generate`'s options (``key``, ``temperature``, ...), except
+        ``num_samples``, which is 1.
+
+    Yields:
+      str pieces whose concatenation is the generated text (the prime not included).
+    """
+    if "num_samples" in kwargs:
+        raise TypeError("sample_text draws one sample; use generate for num_samples")
+    chunks = generate(params, cfg, vocab.encode(prime), length, **kwargs)
+
+    def pieces() -> Iterator[str]:
+        decode = vocab.streaming_decoder()
+        for ids in chunks:
+            if text := decode(ids[0]):
+                yield text
+        if text := decode([], final=True):
+            yield text
+
+    return pieces()

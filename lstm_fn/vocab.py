@@ -1,0 +1,126 @@
+"""The vocabulary: token ids <-> characters ("chars") or bytes ("bytes").
+
+Plain Python and numpy (no JAX).
+"""
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from reference_numpy.spec import ENCODINGS
+
+
+class CorpusError(ValueError):
+    """Bad input (corpus, vocabulary, sizes); the message is one line, the CLI exits 2."""
+
+
+def check_encoding(encoding: str) -> None:
+    """Refuse a vocabulary mode other than "chars" or "bytes"."""
+    if encoding not in ENCODINGS:
+        raise CorpusError(f"unknown vocabulary encoding {encoding!r}; use 'chars' or 'bytes'")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token id i is `symbols[i]`; encoding "chars" (characters) or "bytes" (id b = byte b,
+    stored as chr(b)). Build through `from_text`, `bytes` or `from_symbols`, which validate."""
+    symbols: tuple[str, ...]
+    encoding: str = "chars"
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        """The sorted distinct characters of a corpus; fewer than 2 is refused."""
+        symbols = tuple(sorted(set(text)))
+        if len(symbols) < 2:
+            raise CorpusError(f"corpus has {len(symbols)} distinct character(s) {list(symbols)}; "
+                              "a language model needs at least 2")
+        return cls(symbols, "chars")
+
+    @classmethod
+    def bytes(cls) -> Vocab:
+        return cls(tuple(map(chr, range(256))), "bytes")
+
+    @classmethod
+    def from_symbols(cls, symbols: Sequence[str], encoding: str = "chars") -> Vocab:
+        """Validate a stored symbol list (e.g. from a weights file)."""
+        check_encoding(encoding)
+        symbols = tuple(symbols)
+        if not symbols:
+            raise CorpusError("vocabulary is empty")
+        seen: set[str] = set()
+        for index, symbol in enumerate(symbols):
+            if not isinstance(symbol, str) or len(symbol) != 1:
+                raise CorpusError(f"vocabulary symbol {index} is {symbol!r}, not one character")
+            if symbol in seen:
+                raise CorpusError(f"vocabulary symbol {symbol!r} appears twice (again at {index})")
+            seen.add(symbol)
+        if encoding == "bytes" and symbols != cls.bytes().symbols:
+            raise CorpusError("a 'bytes' vocabulary must be exactly chr(0)..chr(255) in order")
+        return cls(symbols, encoding)
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @cached_property
+    def _code_points(self) -> np.ndarray:
+        """uint32 [V]: code point of each id."""
+        return np.array([ord(s) for s in self.symbols], dtype="<u4")
+
+    def encode(self, data: str | bytes) -> np.ndarray:
+        """Text (or raw bytes in "bytes" mode) -> ids int32 [N]; unknown characters raise."""
+        if self.encoding == "bytes":
+            raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            return np.frombuffer(raw, dtype=np.uint8).astype(np.int32)
+        if not isinstance(data, str):
+            raise TypeError(f"a 'chars' vocabulary encodes str, got {type(data).__name__}")
+        code_points = np.frombuffer(data.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+        by_point = np.argsort(self._code_points).astype(np.int32)  # ids in code point order
+        index = np.searchsorted(self._code_points[by_point], code_points).clip(0, len(self) - 1)
+        known = self._code_points[by_point[index]] == code_points
+        if not known.all():
+            unknown = [chr(c) for c in np.unique(code_points[~known])]
+            shown = ", ".join(map(repr, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
+            raise CorpusError(f"{len(unknown)} character(s) not in the vocabulary: {shown}")
+        return by_point[index]
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """ids [N] -> text; in "bytes" mode invalid UTF-8 becomes U+FFFD."""
+        ids = _checked_ids(ids, len(self))
+        if self.encoding == "bytes":
+            return ids.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+        return self._code_points[ids].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def missing(self, text: str) -> list[str]:
+        """Sorted characters of `text` not in the vocabulary (always [] in "bytes" mode)."""
+        if self.encoding == "bytes":
+            return []
+        return sorted(set(text) - set(self.symbols))
+
+    def extend(self, text: str) -> tuple[Vocab, list[str]]:
+        """Append the characters of `text` that are missing, after the old ones so old ids keep
+        their meaning. Returns (new vocab, added characters)."""
+        added = self.missing(text)
+        return Vocab(self.symbols + tuple(added), self.encoding), added
+
+    def streaming_decoder(self) -> Callable[..., str]:
+        """A function `decode_chunk(ids, final=False) -> str` for text produced piece by piece;
+        in "bytes" mode a multi-byte character split across chunks comes out whole."""
+        if self.encoding == "chars":
+            return lambda ids, final=False: self.decode(ids)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def decode_chunk(ids: Sequence[int] | np.ndarray, final: bool = False) -> str:
+            return utf8.decode(_checked_ids(ids, 256).astype(np.uint8).tobytes(), final=final)
+        return decode_chunk
+
+
+def _checked_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:
+    """ids as int64 [N], refusing any outside [0, vocab_size)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise CorpusError(f"token ids must be in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
+    return ids

@@ -1,0 +1,23 @@
+"""Plain-numpy twin of lstm_fn: forward and hand-written backpropagation through time.
+
+An independent oracle for the JAX model: imports nothing but numpy, the standard library
+and its own ``spec``. The per-step math of each cell is in ``cells``; the time loop, stacking,
+loss and BPTT in ``model``; finite differences in ``gradcheck``; text generation in ``sample``.
+"""
+
+from . import spec
+from .gradcheck import finite_difference_grads, relative_error
+from .model import forward, hidden_grads, loss, loss_and_grads, zero_carry
+from .sample import sample
+
+__all__ = [
+    "spec",
+    "forward",
+    "loss",
+    "loss_and_grads",
+    "hidden_grads",
+    "zero_carry",
+    "finite_difference_grads",
+    "relative_error",
+    "sample",
+]

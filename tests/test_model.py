@@ -1,0 +1,148 @@
+"""The JAX model against itself (scan vs loop, chunked vs whole), against the numpy twin
+(forward and three-way gradients) and its init conventions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_fn
+import reference_numpy as ref
+from lstm_fn import gradcheck
+from lstm_fn.cells import get_cell
+from lstm_fn.model import ModelConfig
+from reference_numpy import spec
+from conftest import CELLS, assert_close
+
+
+def small(cell, num_layers=2, dropout=0.0):
+    return ModelConfig(cell, vocab_size=11, embed_size=5, hidden_size=8, num_layers=num_layers,
+                       dropout=dropout)
+
+
+def problem(cell, num_layers=2, batch=3, steps=20, seed=0):
+    cfg = small(cell, num_layers)
+    params = lstm_fn.init(jax.random.key(seed), cfg)
+    tokens = jax.random.randint(jax.random.key(seed + 1), (batch, steps), 0, cfg.vocab_size)
+    carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(seed + 2), z.shape) * 0.5,
+                         lstm_fn.initial_state(cfg, batch))
+    return cfg, params, tokens, carry
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scan_equals_python_loop(cell):
+    cfg, params, tokens, carry = problem(cell)
+    logits, final = lstm_fn.apply(params, cfg, tokens, carry)
+    step = get_cell(cell).step
+    loop_carry = list(carry)
+    outputs = []
+    for t in range(tokens.shape[1]):
+        x = params["embed"][tokens[:, t]]
+        for l, p in enumerate(params["layers"]):
+            loop_carry[l], x = step(p, loop_carry[l], x @ p["w_x"] + p["b_x"])
+        outputs.append(x @ params["head"]["w"] + params["head"]["b"])
+    assert_close(logits, jnp.stack(outputs, axis=1))
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(tuple(loop_carry))):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_chunks_equal_one_sequence(cell):
+    cfg, params, tokens, carry = problem(cell, steps=40)
+    whole, whole_carry = lstm_fn.apply(params, cfg, tokens, carry)
+    first, mid = lstm_fn.apply(params, cfg, tokens[:, :20], carry)
+    second, end = lstm_fn.apply(params, cfg, tokens[:, 20:], mid)
+    assert_close(whole, jnp.concatenate([first, second], axis=1))
+    for a, b in zip(jax.tree.leaves(whole_carry), jax.tree.leaves(end)):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_float32_forward_matches_numpy_float64(cell, dropout):
+    cfg, params, tokens, carry = problem(cell, num_layers=3)
+    cfg = small(cell, 3, dropout)
+    masks = lstm_fn.dropout_masks(jax.random.key(7), cfg, *tokens.shape)
+    logits, final = lstm_fn.apply(params, cfg, tokens, carry, dropout_masks=masks)
+    as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+    np_masks = None if masks is None else [np.asarray(m, np.float64) for m in masks]
+    np_logits, np_final = ref.forward(as64(params), cfg.architecture(), np.asarray(tokens),
+                                      as64(tuple(tuple(c) for c in carry)), np_masks)
+    assert_close(logits, np_logits)
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(np_final)):
+        assert_close(a, b)
+
+
+def test_loss_is_mean_nats_and_mask_weights_positions():
+    cfg, params, tokens, carry = problem("lstm")
+    targets = jnp.roll(tokens, -1, axis=1)
+    logits, _ = lstm_fn.apply(params, cfg, tokens, carry)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    value, _ = lstm_fn.loss(params, cfg, tokens, targets, carry)
+    assert_close(value, nll.mean())
+    mask = jnp.zeros(tokens.shape).at[:, :5].set(1.0)
+    masked, _ = lstm_fn.loss(params, cfg, tokens, targets, carry, mask=mask)
+    assert_close(masked, nll[:, :5].mean())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_three_way_gradient_check(cell, num_layers):
+    """numpy BPTT vs jax.grad vs central differences, float64, T = 20, non-zero initial
+    carry, dropout masks shared by both implementations, every tensor and the carry."""
+    rows = gradcheck.gradient_check(cell, num_layers, 20, dropout=0.25, seed=num_layers)
+    names = {r.name for r in rows}
+    assert {"embed", "head.w", "head.b", f"layers[{num_layers - 1}].w_h", "carry[0].h"} <= names
+    assert len(rows) == 3 + 4 * num_layers + num_layers * len(spec.CARRY[cell])
+    for row in rows:
+        assert row.numpy_vs_jax <= gradcheck.AUTODIFF_BUDGET, row
+        assert row.numpy_vs_fd <= gradcheck.FINITE_DIFF_BUDGET, row
+        assert row.jax_vs_fd <= gradcheck.FINITE_DIFF_BUDGET, row
+
+
+def test_gradient_check_detects_a_wrong_gradient(monkeypatch):
+    """The check can fail: a numpy backward that drops one term is caught."""
+    real = ref.loss_and_grads
+
+    def broken(*args, **kwargs):
+        loss, grads, dcarry = real(*args, **kwargs)
+        grads["layers"][0]["b_h"] = grads["layers"][0]["b_h"] * 1.001
+        return loss, grads, dcarry
+
+    monkeypatch.setattr(ref, "loss_and_grads", broken)
+    rows = {r.name: r for r in gradcheck.gradient_check("gru", 1, 20)}
+    assert not rows["layers[0].b_h"].ok and rows["layers[0].w_h"].ok
+
+
+def test_gradients_vanish_in_rnn_and_survive_in_lstm():
+    rnn = gradcheck.hidden_grad_norms("rnn", 60)
+    lstm = gradcheck.hidden_grad_norms("lstm", 60)
+    assert rnn.shape == (60,)
+    # 60 steps back from the loss, the rnn's signal has fallen far below the lstm's.
+    assert rnn[0] / rnn[-1] < 1e-4 and lstm[0] / lstm[-1] > 1e-4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_init_conventions(cell):
+    cfg = ModelConfig(cell, vocab_size=13, embed_size=7, hidden_size=16, num_layers=2)
+    params = lstm_fn.init(jax.random.key(0), cfg)
+    shapes = jax.tree.map(lambda a: a.shape, params)
+    assert shapes == spec.param_shapes(cfg.architecture())
+    G, H = spec.num_gates(cell), 16
+    for layer in params["layers"]:
+        for k in range(G):  # each recurrent gate block is orthogonal
+            block = np.asarray(layer["w_h"][:, k * H:(k + 1) * H])
+            assert_close(block.T @ block, np.eye(H), atol=1e-5)
+        expected_bias = np.zeros(G * H)
+        if cell == "lstm":
+            expected_bias[spec.gate_slice("lstm", "f", H)] = spec.LSTM_FORGET_BIAS
+        np.testing.assert_array_equal(layer["b_x"], expected_bias)
+        np.testing.assert_array_equal(layer["b_h"], 0.0)
+    assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("field, value", [("cell", "tcn"), ("num_layers", 0), ("hidden_size", -3),
+                                          ("dropout", 1.0), ("vocab_size", 1)])
+def test_model_config_refuses_bad_values_by_name(field, value):
+    with pytest.raises(ValueError, match=field if field != "cell" else "unknown cell"):
+        ModelConfig(**{field: value})

@@ -1,0 +1,227 @@
+"""Sampling against numbers: a step-by-step argmax loop over `apply`, the numpy twin's
+`next_token_probs`, empirical frequencies against the softmax, chunked against whole."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lstm_fn
+from lstm_fn.model import ModelConfig
+from lstm_fn.sample import filter_logits, generate, generate_chunk, sample_text, warm_up
+from lstm_fn.vocab import CorpusError, Vocab
+from reference_numpy.sample import next_token_probs
+from conftest import CELLS
+
+VOCAB = 11
+PRIME = np.array([1, 4, 2, 7], np.int32)
+# 4000 draws from V = 11 categories: the expected total variation of the empirical
+# distribution is about sum_i sqrt(p_i (1 - p_i) / n) / 2 * sqrt(2 / pi) < 0.02; a wrong
+# distribution (wrong temperature, a token dropped or kept by mistake) is off by >= 0.1.
+TV_TOL = 0.05
+
+
+def small(cell, num_layers=2):
+    return ModelConfig(cell, vocab_size=VOCAB, embed_size=8, hidden_size=16,
+                       num_layers=num_layers)
+
+
+def model(cell, seed=0, scale=3.0):
+    """A small model whose head is scaled up so its distributions are far from uniform."""
+    cfg = small(cell)
+    params = lstm_fn.init(jax.random.key(seed), cfg)
+    params["head"]["w"] = params["head"]["w"] * scale
+    return cfg, params
+
+
+def ids_of(chunks):
+    return np.concatenate(list(chunks), axis=1)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_greedy_equals_argmax_loop_over_growing_sequence(cell):
+    cfg, params = model(cell)
+    length = 12
+    got = ids_of(generate(params, cfg, PRIME, length, key=None, greedy=True, chunk_size=4))
+    # Recompute the whole sequence from scratch each step (no carry to get wrong). The
+    # model is causal, so a fixed-size buffer padded with zeros past the end gives the same
+    # logits at the last filled position and one compiled `apply` serves every step.
+    forward = jax.jit(lstm_fn.apply, static_argnames="cfg")
+    sequence = np.zeros((1, len(PRIME) + length), np.int32)
+    sequence[0, :len(PRIME)] = PRIME
+    for t in range(len(PRIME), len(PRIME) + length):
+        logits, _ = forward(params, cfg, jnp.asarray(sequence))
+        sequence[0, t] = int(jnp.argmax(logits[0, t - 1]))
+    np.testing.assert_array_equal(got[0], sequence[0, len(PRIME):])
+
+
+def test_warm_up_matches_apply():
+    cfg, params = model("lstm")
+    carry, last = warm_up(params, cfg, jnp.asarray(PRIME), 3)
+    logits, ref_carry = lstm_fn.apply(params, cfg, jnp.asarray(PRIME)[None])
+    assert last.shape == (3, VOCAB)
+    np.testing.assert_allclose(last, np.repeat(logits[:, -1], 3, axis=0), rtol=1e-6, atol=1e-6)
+    for part, ref_part in zip(jax.tree.leaves(carry), jax.tree.leaves(ref_carry)):
+        np.testing.assert_allclose(part, np.repeat(ref_part, 3, axis=0), rtol=1e-6, atol=1e-6)
+
+
+OPTIONS = [
+    dict(temperature=1.0, top_k=None, top_p=None),
+    dict(temperature=0.7, top_k=None, top_p=None),
+    dict(temperature=1.3, top_k=3, top_p=None),
+    dict(temperature=1.0, top_k=1, top_p=None),
+    dict(temperature=1.0, top_k=50, top_p=None),
+    dict(temperature=0.9, top_k=None, top_p=0.5),
+    dict(temperature=1.0, top_k=None, top_p=1e-9),
+    dict(temperature=1.0, top_k=None, top_p=1.0),
+    dict(temperature=2.0, top_k=4, top_p=0.8),
+    dict(temperature=0.5, top_k=6, top_p=0.95),
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_filter_probs_match_reference(options):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 2.0, (6, VOCAB))
+    logits[0, [2, 5, 9]] = logits[0].max()  # ties keep the lower id first
+    logits[1, :] = 0.5  # all tied
+    # float64 on both sides: the nucleus cut compares a running sum with top_p, and only
+    # identical precision makes a cut near the boundary land on the same token.
+    with jax.enable_x64(True):
+        probs = jax.nn.softmax(filter_logits(jnp.asarray(logits), **options), axis=-1)
+        probs = np.asarray(probs)
+    expected = np.stack([next_token_probs(row, **options) for row in logits])
+    np.testing.assert_allclose(probs, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_output_does_not_depend_on_chunk_size(cell):
+    cfg, params = model(cell)
+    options = dict(key=jax.random.key(3), num_samples=2, temperature=0.8, top_k=5, top_p=0.9)
+    chunks = list(generate(params, cfg, PRIME, 30, chunk_size=7, **options))
+    assert [c.shape for c in chunks] == [(2, 7)] * 4 + [(2, 2)]
+    whole = list(generate(params, cfg, PRIME, 30, chunk_size=256, **options))
+    assert len(whole) == 1
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole[0])
+    assert all(c.dtype == np.int32 for c in chunks)
+
+
+def test_samples_differ_per_row_and_repeat_per_seed():
+    cfg, params = model("gru", scale=1.0)
+    draw = lambda seed: ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(seed),
+                                        num_samples=4))
+    first = draw(0)
+    assert first.shape == (4, 20)
+    assert len({tuple(row) for row in first}) == 4
+    np.testing.assert_array_equal(first, draw(0))
+    assert not np.array_equal(first, draw(1))
+
+
+@pytest.mark.parametrize("cell, options", [(cell, dict()) for cell in CELLS] + [
+    ("lstm", dict(temperature=1.5, top_k=6, top_p=0.8))], ids=str)
+def test_first_token_frequencies_match_softmax(cell, options):
+    cfg, params = model(cell, scale=1.5)
+    n = 4000
+    ids = ids_of(generate(params, cfg, PRIME, 1, key=jax.random.key(7), num_samples=n,
+                          **options))
+    empirical = np.bincount(ids[:, 0], minlength=VOCAB) / n
+    logits, _ = lstm_fn.apply(params, cfg, jnp.asarray(PRIME)[None])
+    expected = next_token_probs(np.asarray(logits[0, -1]), **options)
+    assert 0.5 * np.abs(empirical - expected).sum() < TV_TOL
+    assert np.all(empirical[expected == 0] == 0)  # filtered tokens are never drawn
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_top_k_one_and_tiny_top_p_equal_greedy(cell):
+    cfg, params = model(cell)
+    greedy = ids_of(generate(params, cfg, PRIME, 20, key=None, greedy=True, num_samples=2,
+                             chunk_size=10))
+    for options in (dict(top_k=1), dict(top_p=1e-7), dict(top_k=1, temperature=3.0)):
+        sampled = ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(5), num_samples=2,
+                                  chunk_size=10, **options))
+        np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_compiled_programs_are_reused():
+    cfg, params = model("rnn")
+    run = lambda **kw: ids_of(generate(params, cfg, PRIME, 10, chunk_size=4, num_samples=2,
+                                       top_p=0.9, **kw))
+    run(key=jax.random.key(0), temperature=1.0)
+    size = generate_chunk._cache_size()
+    run(key=jax.random.key(1), temperature=0.5)  # traced options: same two programs
+    assert generate_chunk._cache_size() == size
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(length=-1), "length"),
+    (dict(length=2.0), "length"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_k=2.5), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(prime_ids=[]), "prime"),
+    (dict(prime_ids=[0, VOCAB]), "prime"),
+    (dict(key=None), "key"),
+], ids=str)
+def test_bad_options_raise_when_called(bad, message):
+    cfg, params = model("rnn")
+    args = dict(prime_ids=PRIME, length=5, key=jax.random.key(0)) | bad
+    with pytest.raises(ValueError, match=message):
+        generate(params, cfg, **args)  # raises before the first chunk is asked for
+
+
+def test_greedy_ignores_temperature_and_length_zero_yields_nothing():
+    cfg, params = model("rnn")
+    assert list(generate(params, cfg, PRIME, 0, key=jax.random.key(0))) == []
+    a = ids_of(generate(params, cfg, PRIME, 5, key=None, greedy=True, temperature=0.0))
+    b = ids_of(generate(params, cfg, PRIME, 5, key=None, greedy=True))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sample_text_chars_unknown_character_and_chunk_independence():
+    vocab = Vocab.from_text("abcdefghij ")
+    cfg, params = model("lstm")
+    with pytest.raises(CorpusError, match="'z'"):
+        sample_text(params, cfg, vocab, "az", 5, key=jax.random.key(0))
+    texts = ["".join(sample_text(params, cfg, vocab, "bad cab", 40, key=jax.random.key(2),
+                                 temperature=0.9, chunk_size=size)) for size in (3, 256)]
+    assert texts[0] == texts[1] and len(texts[0]) == 40
+    assert set(texts[0]) <= set(vocab.symbols)
+
+
+def cycle_model(successor: dict[int, int]) -> tuple[ModelConfig, dict]:
+    """A bytes-vocabulary rnn that deterministically emits ``successor[last byte]``.
+
+    One-hot embedding times 10 through ``w_x = I``: ``h = tanh(10) e_b`` for input byte b;
+    the head maps ``e_b`` to a logit of 20 on ``successor[b]`` and 0 elsewhere.
+    """
+    V = 256
+    cfg = ModelConfig("rnn", vocab_size=V, embed_size=V, hidden_size=V, num_layers=1)
+    head = np.zeros((V, V), np.float32)
+    for b, nxt in successor.items():
+        head[b, nxt] = 20.0
+    params = {
+        "embed": 10.0 * jnp.eye(V),
+        "layers": [{"w_x": jnp.eye(V), "w_h": jnp.zeros((V, V)), "b_x": jnp.zeros(V),
+                    "b_h": jnp.zeros(V)}],
+        "head": {"w": jnp.asarray(head), "b": jnp.zeros(V)},
+    }
+    return cfg, params
+
+
+def test_bytes_streaming_keeps_split_characters_whole():
+    vocab = Vocab.bytes()
+    c3, a9 = "é".encode()  # b"\xc3\xa9"
+    cfg, params = cycle_model({c3: a9, a9: c3})
+    ids = ids_of(generate(params, cfg, vocab.encode("é"), 4, key=None, greedy=True))
+    np.testing.assert_array_equal(ids[0], [c3, a9, c3, a9])
+    pieces = list(sample_text(params, cfg, vocab, "é", 4, key=jax.random.key(0), top_k=1,
+                              chunk_size=1))
+    assert pieces == ["é", "é"]  # each byte its own chunk, yet no replacement characters
+    # an odd length leaves half a character: the final flush turns it into U+FFFD
+    odd = list(sample_text(params, cfg, vocab, "é", 3, key=None, greedy=True, chunk_size=1))
+    assert odd == ["é", "\ufffd"]
