@@ -1,0 +1,231 @@
+"""The training loop: steps, evaluation, best-model export, checkpoints, samples, signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lstm_fn import checkpoint, data
+from lstm_fn.optim import ValTracker
+from lstm_fn.train import evaluate, make_train_step
+from lstm_fn.weights import save_weights
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str  # "done", "interrupted", "nonfinite"
+    step: int
+    best_val: float | None
+    test: dict | None = None
+    message: str = ""
+    signal: int | None = None  # the signal that interrupted the run
+
+    @property
+    def exit_code(self) -> int:
+        """0 when finished, 128 + signal number when interrupted, 3 on a non-finite loss."""
+        return {"done": 0, "nonfinite": 3}.get(self.status, 128 + (self.signal or 0))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Signals:
+    """Records SIGINT / SIGTERM so the loop can checkpoint and stop between steps."""
+
+    def __enter__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """One live status line on stderr (rewritten in place on a terminal, a line every 10 s
+    otherwise, so log files stay short)."""
+
+    def __init__(self, total_steps, minutes):
+        self.total, self.minutes = total_steps, minutes
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def show(self, step, loss, chars_per_s, lr, elapsed, force=False):
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        remaining = []
+        if self.total:
+            remaining.append((self.total - step) * elapsed / max(step, 1))
+        if self.minutes:
+            remaining.append(self.minutes * 60 - elapsed)
+        eta = f" | ETA {_fmt_time(max(min(remaining), 0))}" if remaining else ""
+        of = f"/{self.total}" if self.total else ""
+        line = (f"step {step}{of} | loss {loss:.4f} | {chars_per_s:,.0f} chars/s | "
+                f"lr {lr:.2e}{eta}")
+        print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def newline(self):
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+def _metrics_log(path, restored_step: int):
+    """Open metrics.jsonl for appending, first dropping entries past the restored step (they
+    belong to the part of the run that the resume repeats)."""
+    if path.exists():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] <= restored_step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return path.open("a", encoding="utf-8")
+
+
+def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, total_steps):
+    """Run updates until a stopping rule, a signal or a non-finite loss; see run.run."""
+    ckpt_dir = spec.run_dir / "checkpoints"
+    abstract = jax.eval_shape(lambda: state)
+    tracker, seconds_before = ValTracker(tcfg), 0.0
+    with checkpoint.open_manager(ckpt_dir, keep=tcfg.keep_checkpoints) as manager:
+        restored = checkpoint.restore(manager, abstract) if spec.resume else None
+        if spec.resume and restored is None:
+            log("no checkpoint to resume from yet: starting at step 0")
+        if restored is not None:
+            for step, reason in restored.skipped:
+                log(f"checkpoint {step} is damaged ({reason}); using an older one")
+            state = restored.state
+            tracker = ValTracker(tcfg, **restored.meta["tracker"])
+            seconds_before = restored.meta["seconds"]
+            log(f"resumed from checkpoint {restored.step}")
+        step = int(state["step"])
+        last_ckpt = restored.step if restored is not None else None
+        train_step = make_train_step(cfg, tcfg, total_steps)
+        metrics_file = _metrics_log(spec.run_dir / "metrics.jsonl", step)
+        progress = Progress(total_steps, tcfg.minutes)
+        chars_per_step = tcfg.batch_size * tcfg.seq_len
+        started, losses, timed_from, timed_steps = time.monotonic(), [], None, 0
+        status, message, received = "done", "", None
+
+        def save_checkpoint():
+            nonlocal last_ckpt
+            if last_ckpt == step:
+                return
+            meta = {"tracker": tracker.as_dict(), "position": step,
+                    "seconds": seconds_before + time.monotonic() - started}
+            checkpoint.save(manager, step, state, meta)
+            last_ckpt = step
+
+        def run_eval():
+            train_loss = float(np.mean(losses)) if losses else float("nan")
+            val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len)
+                   if len(val_ids) > 1 else train_loss)
+            improved = tracker.update(val)
+            state["lr_scale"] = jax.numpy.asarray(tracker.scale, jax.numpy.float32)
+            if improved:
+                save_weights(spec.out, state["params"], cfg, vocab)
+            elapsed = seconds_before + time.monotonic() - started
+            record = {"step": step, "seconds": round(elapsed, 2),
+                      "chars_per_sec": round(chars_per_step * timed_steps
+                                             / max(time.monotonic() - (timed_from or started), 1e-9)),
+                      "train_loss": train_loss, "val_loss": val, "val_bpc": val / math.log(2),
+                      "lr": float(last_lr), "best": improved}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            progress.newline()
+            log(f"step {step}: train {train_loss:.4f}, val {val:.4f} nats/char "
+                f"({val / math.log(2):.3f} bpc){' *best, saved ' + str(spec.out) if improved else ''}")
+            losses.clear()
+
+        last_lr = 0.0
+        with Signals() as signals:
+            while True:
+                elapsed = seconds_before + time.monotonic() - started
+                if total_steps is not None and step >= total_steps:
+                    break
+                if tcfg.minutes is not None and time.monotonic() - started >= tcfg.minutes * 60:
+                    log(f"time budget of {tcfg.minutes} minutes reached")
+                    break
+                if signals.received is not None:
+                    status, received = "interrupted", signals.received
+                    break
+                inputs, targets, reset = data.train_batch(train_ids, tcfg.batch_size,
+                                                          tcfg.seq_len, step)
+                state, metrics = train_step(state, inputs, targets, reset)
+                step += 1
+                loss, last_lr = float(metrics["loss"]), float(metrics["lr"])
+                if not math.isfinite(loss):
+                    status = "nonfinite"
+                    where = (f"checkpoint {last_ckpt} in {str(ckpt_dir)!r}" if last_ckpt is not None
+                             else "no checkpoint yet")
+                    message = (f"loss became {loss} at step {step}; stopped without saving. "
+                               f"Last good: {where}; {spec.out} keeps the best model. Try a "
+                               "lower --lr or --grad-clip, then --resume")
+                    break
+                losses.append(loss)
+                if timed_from is None:  # the first step includes compilation
+                    timed_from = time.monotonic()
+                else:
+                    timed_steps += 1
+                rate = chars_per_step * timed_steps / max(time.monotonic() - timed_from, 1e-9)
+                progress.show(step, loss, rate, last_lr, elapsed)
+                if step % tcfg.eval_every == 0:
+                    run_eval()
+                    if tracker.out_of_patience:
+                        log(f"no improvement in {tcfg.patience} evaluations: stopping early")
+                        break
+                if tcfg.sample_every and step % tcfg.sample_every == 0:
+                    _show_sample(state["params"], cfg, vocab, train_ids, tcfg, step)
+                if step % tcfg.checkpoint_every == 0:
+                    save_checkpoint()
+            if status != "nonfinite":
+                if losses:
+                    run_eval()
+                save_checkpoint()
+        progress.newline()
+        metrics_file.close()
+    if status == "interrupted":
+        message = (f"interrupted at step {step}: checkpoint saved; continue with "
+                   f"--resume --run-dir {spec.run_dir}")
+    test = None
+    if status == "done" and len(test_ids) > 1 and spec.out.exists():
+        from lstm_fn.weights import load_weights
+        best_params, _, _ = load_weights(spec.out)
+        test = data.nats_to_metrics(evaluate(best_params, cfg, test_ids, tcfg.batch_size,
+                                             tcfg.seq_len))
+        log(f"test split (best model): {test['loss']:.4f} nats/char, {test['bpc']:.3f} bpc, "
+            f"perplexity {test['perplexity']:.2f}")
+    try:
+        from lstm_fn.plot import plot_run
+        plot_run(spec.run_dir)
+    except Exception as error:  # a missing plot never fails a finished run
+        log(f"loss plot not written: {error}")
+    return RunResult(status, step, tracker.best, test, message, received)
+
+
+def _show_sample(params, cfg, vocab, train_ids, tcfg, step):
+    from lstm_fn.sample import sample_text
+
+    prime = vocab.decode(train_ids[:1])
+    text = "".join(sample_text(params, cfg, vocab, prime, tcfg.sample_length,
+                               key=jax.random.fold_in(jax.random.key(tcfg.seed), step),
+                               temperature=0.8))
+    log(f"--- sample at step {step} ---\n{prime}{text}\n---")

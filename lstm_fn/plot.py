@@ -1,0 +1,46 @@
+"""``loss.png`` of a run: training and validation loss against step, from metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw the run's curves (nats/char on the left axis, bits/char on the right) and write
+    ``run_dir/loss.png`` atomically; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reference_numpy.atomic import atomic_write
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        raise FileNotFoundError(f"{str(metrics)!r} not found: is {str(run_dir)!r} a run directory?")
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+    if not rows:
+        raise ValueError(f"{str(metrics)!r} has no evaluations yet")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [r["train_loss"] for r in rows], label="train", marker=".")
+    ax.plot(steps, [r["val_loss"] for r in rows], label="validation", marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    bpc = ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2),
+                                                 lambda b: b * math.log(2)))
+    bpc.set_ylabel("bits/char")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    path = run_dir / "loss.png"
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return path

@@ -1,0 +1,122 @@
+"""The training state, one jit-compiled update step, and exact evaluation.
+
+The state is a plain dict pytree, so orbax saves it as it is::
+
+    {"params": ..., "opt_state": ..., "carry": per-layer states [B, H],
+     "step": int32 [], "lr_scale": float32 []}
+
+Randomness (dropout) is ``fold_in(key(seed), step)``: nothing random is carried, and the
+batch of a step is a pure function of the step, so a run resumed from a checkpoint repeats
+the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lstm_fn import data
+from lstm_fn.config import TrainConfig
+from lstm_fn.model import ModelConfig, apply, dropout_masks, initial_state, loss
+from lstm_fn.optim import make_optimizer, make_schedule
+
+
+def trainable_mask(params: dict, freeze: tuple[str, ...]) -> dict:
+    """1.0 for every trained parameter tensor, 0.0 for frozen ones (``embed``, ``head`` or a
+    layer number); ValueError names a layer the model does not have."""
+    layers = len(params["layers"])
+    for part in freeze:
+        if part.isdigit() and int(part) >= layers:
+            raise ValueError(f"train.freeze names layer {part}, but the model has {layers} "
+                             f"(0..{layers - 1})")
+    return {
+        "embed": jax.tree.map(lambda _: float("embed" not in freeze), params["embed"]),
+        "layers": [jax.tree.map(lambda _, l=l: float(str(l) not in freeze), layer)
+                   for l, layer in enumerate(params["layers"])],
+        "head": jax.tree.map(lambda _: float("head" not in freeze), params["head"]),
+    }
+
+
+def init_state(params: dict, cfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    """A fresh training state around ``params``."""
+    return {
+        "params": params,
+        "opt_state": make_optimizer(tcfg).init(params),
+        "carry": initial_state(cfg, tcfg.batch_size),
+        "step": jnp.zeros((), jnp.int32),
+        "lr_scale": jnp.ones((), jnp.float32),
+    }
+
+
+def _reset(carry, reset):
+    """Zero the carried state where a new pass over the data starts."""
+    return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
+
+
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None):
+    """``step(state, inputs, targets, reset) -> (state, metrics)``, jit-compiled, with the
+    state's buffers donated (updated in place).
+
+    One truncated-BPTT update: the carry from the previous window is the initial state
+    (gradients stop at the window border), the mean loss over ``[B, T]`` is differentiated,
+    gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
+    direction is applied with ``lr = schedule(step) * lr_scale``. ``metrics`` holds the
+    loss, the (unclipped) gradient norm and the learning rate.
+    """
+    tx = make_optimizer(tcfg)
+    schedule = make_schedule(tcfg, total_steps)
+    base_key = jax.random.key(tcfg.seed)
+    loss_fn = _loss_function(cfg, tcfg)
+
+    def step(state, inputs, targets, reset):
+        params = state["params"]
+        mask = trainable_mask(params, tcfg.freeze)
+        masks = dropout_masks(jax.random.fold_in(base_key, state["step"]), cfg, *inputs.shape)
+        (value, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, inputs, targets, _reset(state["carry"], reset), masks)
+        grads = jax.tree.map(jnp.multiply, grads, mask)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        lr = schedule(state["step"]) * state["lr_scale"]
+        params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), params, updates)
+        new_state = {"params": params, "opt_state": opt_state, "carry": carry,
+                     "step": state["step"] + 1, "lr_scale": state["lr_scale"]}
+        return new_state, {"loss": value, "grad_norm": optax.global_norm(grads), "lr": lr}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):
+    """``(params, inputs, targets, carry, masks) -> (loss, carry)`` for the chosen gradients."""
+    if tcfg.gradients == "manual":
+        from lstm_fn.bptt import manual_loss
+        return partial(manual_loss, cfg=cfg)
+    return lambda params, inputs, targets, carry, masks: loss(
+        params, cfg, inputs, targets, carry, dropout_masks=masks)
+
+
+@partial(jax.jit, static_argnums=1)
+def _eval_step(params, cfg, carry, inputs, targets, mask, reset):
+    logits, carry = apply(params, cfg, inputs, _reset(carry, reset))
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return (nll * mask).sum(), carry
+
+
+def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
+             seq_len: int) -> float:
+    """Exact mean loss in nats per character over a whole split.
+
+    The split is read as ``batch_size`` contiguous streams with the state carried from
+    window to window, every prediction counted once (see :func:`data.eval_batches`).
+    Returns nan for a split too short to predict anything.
+    """
+    carry = initial_state(cfg, batch_size, params["embed"].dtype)
+    total, count = 0.0, 0.0
+    for inputs, targets, mask, reset in data.eval_batches(ids, batch_size, seq_len):
+        nll_sum, carry = _eval_step(params, cfg, carry, inputs, targets, mask, reset)
+        total += float(nll_sum)
+        count += float(mask.sum())
+    return total / count if count else float("nan")

@@ -1,0 +1,182 @@
+"""The CLI pipeline end to end on tiny models: pretrain, sample, eval, info, plot,
+fine-tune with new characters, and exact resume after kill -9 and SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import reference_numpy as ref
+from lstm_fn.cli import cli
+from reference_numpy.weights import read_weights
+
+TINY = ["--cell", "lstm", "--embed-size", "8", "--hidden-size", "32", "--layers", "2",
+        "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
+
+
+def corpus_text(seed=0, n=6000, alphabet="abcdefgh \n.,"):
+    """A small corpus with structure a tiny model can pick up (repeated words)."""
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list(alphabet[:8]), size=rng.integers(2, 6))) for _ in range(30)]
+    text = []
+    while sum(map(len, text)) < n:
+        text.append(" ".join(rng.choice(words, size=8)) + rng.choice([".\n", ",\n"]))
+    return "".join(text)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(corpus_text(), encoding="utf-8")
+    return path
+
+
+def lstm_fn(*args, timeout=300, **kwargs):
+    """Run the real console command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "lstm_fn.cli", *map(str, args)], text=True,
+                          capture_output=True, timeout=timeout, **kwargs)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "fine-tune", "sample", "eval", "info", "plot",
+                                     "gradcheck", "gradnorms"])
+def test_every_command_answers_help(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    """One pretrained tiny model shared by the tests below."""
+    work = tmp_path_factory.mktemp("trained")
+    result = lstm_fn("pretrain", corpus, *TINY, "--steps", "60", "--eval-every", "20",
+                     "--run-dir", work / "run", "--out", work / "model.json")
+    assert result.returncode == 0, result.stderr
+    return work
+
+
+def test_pretrain_writes_the_run_directory(trained):
+    run = trained / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["cell"] == "lstm" and config["train"]["steps"] == 60
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40, 60]
+    assert {"train_loss", "val_loss", "val_bpc", "chars_per_sec", "lr", "seconds"} <= set(rows[0])
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] < np.log(len(config["vocab"]))
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    params, model, vocab, _ = read_weights(trained / "model.json")
+    assert model["vocab_size"] == len(vocab) == len(config["vocab"])
+
+
+def test_sample_eval_info(trained, corpus):
+    model = trained / "model.json"
+    out = lstm_fn("sample", "--from", model, "--prime", "ab", "--length", "50", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ab") and len(out.stdout.rstrip("\n")) >= 50
+    again = lstm_fn("sample", "--from", model, "--prime", "ab", "--length", "50", "--seed", "3")
+    assert again.stdout == out.stdout
+    greedy = lstm_fn("sample", "--from", model, "--greedy", "--length", "20", "--num-samples", "2")
+    parts = greedy.stdout.split("--- sample 2 ---")
+    assert greedy.returncode == 0 and parts[0].split("---\n")[1].strip() == parts[1].strip()
+    bad = lstm_fn("sample", "--from", model, "--prime", "xyz!")
+    assert bad.returncode == 2 and "'!', 'x', 'y', 'z'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    info = lstm_fn("info", model)
+    assert "cell: lstm" in info.stdout and "parameters:" in info.stdout
+    ev = lstm_fn("eval", corpus, "--from", model)
+    assert ev.returncode == 0 and "bits/char" in ev.stdout
+
+
+def test_fine_tune_adds_new_characters(trained, tmp_path):
+    new_text = corpus_text(seed=1, n=3000).replace("a", "é").replace("b", "Z")
+    (tmp_path / "new.txt").write_text(new_text, encoding="utf-8")
+    base_params, _, base_vocab, _ = read_weights(trained / "model.json")
+    result = lstm_fn("fine-tune", tmp_path / "new.txt", "--from", trained / "model.json",
+                     "--out", tmp_path / "tuned.json", "--run-dir", tmp_path / "run",
+                     "--steps", "20", "--eval-every", "10", "--batch-size", "4", "--seq-len", "16",
+                     "--freeze", "0", "--sample-every", "0")
+    assert result.returncode == 0, result.stderr
+    assert "added 2 new character(s): 'Z' 'é'" in result.stderr
+    params, model, vocab, _ = read_weights(tmp_path / "tuned.json")
+    assert vocab[:len(base_vocab)] == base_vocab and vocab[len(base_vocab):] == ["Z", "é"]
+    assert model["vocab_size"] == len(base_vocab) + 2
+    # Frozen layer 0 is unchanged; the numpy twin samples from the tuned file.
+    np.testing.assert_array_equal(params["layers"][0]["w_h"], base_params["layers"][0]["w_h"])
+    assert not np.array_equal(params["layers"][1]["w_h"], base_params["layers"][1]["w_h"])
+    ids = ref.sample(params, model, [vocab.index("é")], 10, rng=np.random.default_rng(0))
+    assert len(ids) == 10 and max(ids) < len(vocab)
+
+
+def test_fine_tune_refuses_a_different_architecture(trained, corpus, tmp_path):
+    result = lstm_fn("fine-tune", corpus, "--from", trained / "model.json", "--hidden-size", "64",
+                     "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json")
+    assert result.returncode == 2 and "model.hidden_size" in result.stderr
+
+
+def run_args(corpus, work, steps, eval_every=None):
+    return ["pretrain", corpus, *TINY, "--steps", steps, "--eval-every", eval_every or steps,
+            "--checkpoint-every", "50", "--dropout", "0.1", "--run-dir", work / "run",
+            "--out", work / "model.json"]
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
+    """N steps, kill -9 mid-run, resume to 2N: the same parameters, bit for bit, as an
+    uninterrupted run of 2N steps (CPU)."""
+    straight = lstm_fn(*run_args(corpus, tmp_path / "a", 400))
+    assert straight.returncode == 0, straight.stderr
+
+    work = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "lstm_fn.cli",
+                             *map(str, run_args(corpus, work, 400))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (work / "run" / "checkpoints" / "00000100").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in (work / "run" / "checkpoints").iterdir()
+                    if p.name.isdigit())
+    assert killed_at < 400
+    resumed = lstm_fn(*run_args(corpus, work, 400), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from checkpoint {killed_at}" in resumed.stderr
+    assert (work / "model.json").read_bytes() == (tmp_path / "a" / "model.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_then_resume_finishes(corpus, tmp_path):
+    args = run_args(corpus, tmp_path, 100000, eval_every=1000)
+    proc = subprocess.Popen([sys.executable, "-m", "lstm_fn.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "checkpoints" / "00000050").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted at step" in stderr and "--resume" in stderr
+    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    stopped = int(stderr.split("interrupted at step ")[1].split(":")[0])
+    assert steps[-1] == stopped  # a final checkpoint at the step it stopped
+    resumed = lstm_fn(*run_args(corpus, tmp_path, stopped + 10, eval_every=1000), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from checkpoint {stopped}" in resumed.stderr
+
+
+def test_a_second_run_in_the_same_directory_is_refused(trained, corpus):
+    result = lstm_fn("pretrain", corpus, *TINY, "--steps", "5", "--run-dir", trained / "run",
+                     "--out", trained / "other.json")
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert not (trained / "other.json").exists()
