@@ -232,7 +232,7 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
     """
     from lstm_fn.weights import load_weights
 
-    base = None if resume else load_weights(base_path)
+    base = load_weights(base_path)
     _run(corpus, config_path, run_dir, out, resume, data_dir, base,
          {"steps": 1000, "learning_rate": 5e-4}, options)
 
@@ -328,8 +328,8 @@ def info(model_path):
                f"embedding size: {cfg.embed_size}\nparameters: {cfg.num_params:,}\n"
                f"vocabulary: {len(vocab)} ({vocab.encoding})")
     if vocab.encoding == "chars":
-        click.echo("symbols: " + "".join(s if s.isprintable() and s != " " else repr(s)[1:-1]
-                                         if s != " " else "␠" for s in vocab.symbols))
+        click.echo("symbols: " + "".join("␠" if s == " " else s if s.isprintable()
+                                         else repr(s)[1:-1] for s in vocab.symbols))
 
 
 @cli.command()

@@ -93,10 +93,21 @@ def grow_vocab(params: dict, cfg: ModelConfig, extra: int, key: jax.Array) -> di
                                                              np.float32)])}}
 
 
-def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus):
-    """``(model dict, vocab, initial params or None)`` for a fresh, resumed or fine-tune run."""
+def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, seed: int):
+    """``(model dict, vocab, initial params or None)`` for a fresh, resumed or fine-tune run.
+
+    The initial params of a fine-tune are the base model's, grown by the new characters;
+    a resumed fine-tune rebuilds them the same way in case no checkpoint was written yet.
+    """
     if saved is not None:
-        return saved["model"], Vocab.from_symbols(saved["vocab"], saved["encoding"]), None
+        vocab = Vocab.from_symbols(saved["vocab"], saved["encoding"])
+        if spec.base is None:
+            return saved["model"], vocab, None
+        params, base_cfg, base_vocab = spec.base
+        extra = len(vocab) - len(base_vocab)
+        if extra:
+            params = grow_vocab(params, base_cfg, extra, jax.random.key(seed))
+        return saved["model"], vocab, params
     if spec.base is None:
         vocab = Vocab.bytes() if spec.train.vocab == "bytes" else Vocab.from_text(corpus.text)
         return spec.model, vocab, None
@@ -113,7 +124,7 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus):
     if added:
         log(f"vocabulary: added {len(added)} new character(s): "
             + " ".join(repr(c) for c in added[:40]))
-        params = grow_vocab(params, base_cfg, len(added), jax.random.key(spec.train.seed))
+        params = grow_vocab(params, base_cfg, len(added), jax.random.key(seed))
     return {**arch, "dropout": spec.model.get("dropout", 0.0)}, vocab, params
 
 
@@ -135,9 +146,11 @@ def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
     saved = _prepare_dir(spec)
     model, tcfg = (spec.model, spec.train) if saved is None else _resumed_config(spec, saved)
+    if saved and spec.corpus is not None and spec.corpus != saved["corpus"]:
+        raise ConfigError(f"--resume: the run trains on {saved['corpus']!r}, not {spec.corpus!r}")
     corpus = data.load_corpus(saved["corpus"] if saved else spec.corpus,
                               data_dir=spec.data_dir, encoding=tcfg.vocab)
-    model, vocab, params = _model_and_vocab(spec, saved, corpus)
+    model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.seed)
     cfg = ModelConfig(**model, vocab_size=len(vocab))
     ids = vocab.encode(corpus.content)
     train_frac = 1.0 - tcfg.val_fraction - tcfg.test_fraction
