@@ -123,7 +123,11 @@ def _typed(key: str, value, kind):
             raise ConfigError(f"{key} must be a list of strings, got {value!r}")
         return tuple(_typed(key, v, str) for v in value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise ConfigError(f"{key} must be a finite number, got an integer too large "
+                              "for a float") from None
     if kind is float and isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key} must be a finite number, got {value}")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -146,9 +150,17 @@ def read_config_file(path: str | Path | None) -> dict:
     if path is None:
         return {"model": {}, "train": {}}
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits
+        raise ConfigError(f"config {path} is not usable JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config {path} must be a JSON object with 'model' and 'train'")
     if unknown := sorted(set(doc) - {"model", "train"}):

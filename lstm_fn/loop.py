@@ -16,6 +16,7 @@ from lstm_fn import checkpoint, data
 from lstm_fn.optim import ValTracker
 from lstm_fn.train import evaluate, make_train_step
 from lstm_fn.weights import save_weights
+from reference_numpy.atomic import atomic_write
 
 
 @dataclasses.dataclass
@@ -94,10 +95,19 @@ def _metrics_log(path, restored_step: int):
     """Open metrics.jsonl for appending, first dropping entries past the restored step (they
     belong to the part of the run that the resume repeats)."""
     if path.exists():
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= restored_step]
-        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if _step_of(line) is not None and _step_of(line) <= restored_step]
+        atomic_write(path, "".join(line + "\n" for line in kept))  # a kill keeps the old file
     return path.open("a", encoding="utf-8")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line cut short by a kill."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, total_steps):
@@ -134,10 +144,24 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             checkpoint.save(manager, step, state, meta)
             last_ckpt = step
 
+        def stop_nonfinite(what: str):
+            nonlocal status, message
+            status = "nonfinite"
+            where = (f"checkpoint {last_ckpt} in {str(ckpt_dir)!r}" if last_ckpt is not None
+                     else "no checkpoint yet")
+            message = (f"{what} at step {step}; stopped without saving. Last good: {where}; "
+                       f"{spec.out} keeps the best model. Try a lower --lr or --grad-clip, "
+                       "then --resume")
+
         def run_eval():
+            """Evaluate, log and export a new best; False (nothing saved) on a non-finite
+            validation loss."""
             train_loss = float(np.mean(losses)) if losses else float("nan")
             val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len)
                    if len(val_ids) > 1 else train_loss)
+            if not math.isfinite(val):
+                stop_nonfinite(f"validation loss became {val}")
+                return False
             improved = tracker.update(val)
             state["lr_scale"] = jax.numpy.asarray(tracker.scale, jax.numpy.float32)
             if improved:
@@ -154,6 +178,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             log(f"step {step}: train {train_loss:.4f}, val {val:.4f} nats/char "
                 f"({val / math.log(2):.3f} bpc){' *best, saved ' + str(spec.out) if improved else ''}")
             losses.clear()
+            return True
 
         last_lr = 0.0
         with Signals() as signals:
@@ -172,13 +197,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 state, metrics = train_step(state, inputs, targets, reset)
                 step += 1
                 loss, last_lr = float(metrics["loss"]), float(metrics["lr"])
-                if not math.isfinite(loss):
-                    status = "nonfinite"
-                    where = (f"checkpoint {last_ckpt} in {str(ckpt_dir)!r}" if last_ckpt is not None
-                             else "no checkpoint yet")
-                    message = (f"loss became {loss} at step {step}; stopped without saving. "
-                               f"Last good: {where}; {spec.out} keeps the best model. Try a "
-                               "lower --lr or --grad-clip, then --resume")
+                if not math.isfinite(loss) or not bool(metrics["params_finite"]):
+                    stop_nonfinite(f"loss became {loss}" if not math.isfinite(loss)
+                                   else "the parameters became non-finite")
                     break
                 losses.append(loss)
                 if timed_from is None:  # the first step includes compilation
@@ -188,7 +209,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 rate = chars_per_step * timed_steps / max(time.monotonic() - timed_from, 1e-9)
                 progress.show(step, loss, rate, last_lr, elapsed)
                 if step % tcfg.eval_every == 0:
-                    run_eval()
+                    if not run_eval():
+                        break
                     if tracker.out_of_patience:
                         log(f"no improvement in {tcfg.patience} evaluations: stopping early")
                         break
@@ -196,9 +218,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                     _show_sample(state["params"], cfg, vocab, train_ids, tcfg, step)
                 if step % tcfg.checkpoint_every == 0:
                     save_checkpoint()
-            if status != "nonfinite":
-                if losses:
-                    run_eval()
+            if status != "nonfinite" and (not losses or run_eval()):
                 save_checkpoint()
         progress.newline()
         metrics_file.close()

@@ -8,6 +8,7 @@ and ``loss.png``; the best model by validation loss is written as JSON weights t
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -131,7 +132,11 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, see
 def _check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
     """Fail before training when the outputs cannot be written."""
     for folder in (spec.out.parent, spec.run_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OSError(f"cannot create the output folder {str(folder)!r}: "
+                          f"{error.strerror or error}") from None
         if not os.access(folder, os.W_OK):
             raise OSError(f"cannot write to {str(folder)!r}: permission denied")
     # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments).
@@ -140,6 +145,13 @@ def _check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
     if free < needed:
         raise OSError(f"not enough disk space in {str(spec.run_dir)!r}: {free >> 20} MiB free, "
                       f"this run needs about {needed >> 20} MiB")
+
+
+def _remove_stale_temp_files(spec: RunSpec) -> None:
+    """Delete the temp files of atomic writes cut short by a kill -9 (``.NAME.*.tmp``)."""
+    for target in (spec.out, spec.run_dir / "config.json", spec.run_dir / "metrics.jsonl"):
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def run(spec: RunSpec) -> RunResult:
@@ -161,6 +173,7 @@ def run(spec: RunSpec) -> RunResult:
     limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch)) if s]
     total_steps = min(limits) if limits else None
     _check_output_room(spec, cfg)
+    _remove_stale_temp_files(spec)
     if saved is None:
         atomic_write(spec.run_dir / "config.json", json.dumps({
             "corpus": spec.corpus, "model": model_section(cfg),

@@ -65,7 +65,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     (gradients stop at the window border), the mean loss over ``[B, T]`` is differentiated,
     gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
     direction is applied with ``lr = schedule(step) * lr_scale``. ``metrics`` holds the
-    loss, the (unclipped) gradient norm and the learning rate.
+    loss, the (unclipped) gradient norm, the learning rate and whether every updated
+    parameter is finite (``params_finite``).
     """
     tx = make_optimizer(tcfg)
     schedule = make_schedule(tcfg, total_steps)
@@ -84,7 +85,9 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
         params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), params, updates)
         new_state = {"params": params, "opt_state": opt_state, "carry": carry,
                      "step": state["step"] + 1, "lr_scale": state["lr_scale"]}
-        return new_state, {"loss": value, "grad_norm": optax.global_norm(grads), "lr": lr}
+        finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
+        return new_state, {"loss": value, "grad_norm": optax.global_norm(grads), "lr": lr,
+                           "params_finite": finite}
 
     return jax.jit(step, donate_argnums=0)
 

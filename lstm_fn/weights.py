@@ -35,6 +35,9 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, ModelConfig, Vocab]:
 
     Raises WeightsError naming the key at fault; nothing is returned half-loaded.
     """
-    params, model, symbols, encoding = read_weights(path)
-    return (jax.tree.map(jnp.asarray, params), ModelConfig(**model),
-            Vocab.from_symbols(symbols, encoding))
+    try:
+        params, model, symbols, encoding = read_weights(path)
+        cfg, vocab = ModelConfig(**model), Vocab.from_symbols(symbols, encoding)
+    except ValueError as error:  # WeightsError, or a model lstm_fn cannot run (vocab_size 1)
+        raise WeightsError(f"weights file {str(path)!r}: {error}") from None
+    return jax.tree.map(jnp.asarray, params), cfg, vocab

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -12,16 +13,16 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
 
     A temp file in the same folder is written and fsynced, renamed over ``path`` (atomic on
     POSIX and Windows), then the folder is fsynced so the rename survives a power cut. On
-    any failure (disk full, kill) the temp file is removed and ``path`` is untouched.
+    any failure (disk full, exception) the temp file is removed and ``path`` is untouched.
+    Where the OS allows (Linux ``O_TMPFILE``) the temp file has no name until it is whole,
+    so even a kill -9 mid-write leaves no partial file behind; elsewhere a kill -9 can leave
+    a ``.NAME.*.tmp`` file, which the next run removes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = _write_unnamed(path, payload) or _write_named(path, payload)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -32,3 +33,42 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _write_named(path: Path, payload: bytes) -> str:
+    """The whole payload in a new fsynced ``.NAME.*.tmp`` file beside ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _write_unnamed(path: Path, payload: bytes) -> str | None:
+    """Like :func:`_write_named`, but written as an unnamed ``O_TMPFILE`` that is linked to
+    its temp name only once whole; None where the OS or file system cannot do that."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except OSError:  # e.g. a file system without O_TMPFILE
+        return None
+    with os.fdopen(fd, "wb") as f:  # a failure here (disk full) leaves nothing behind
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+        name = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # a dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW), which links the file
+            os.link(f"/proc/self/fd/{f.fileno()}", name, dst_dir_fd=dir_fd,
+                    follow_symlinks=True)
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+    return str(path.parent / name)

@@ -69,8 +69,15 @@ def _check_vocab(vocab, model: dict, encoding: str) -> list[str]:
 
 def _to_array(value, shape: tuple, key: str) -> np.ndarray:
     try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+        array = np.asarray(value)
+        if isinstance(value, np.ndarray) or array.dtype.kind in "iuf":
+            pass  # an array from memory (any float dtype), or JSON numbers
+        elif array.dtype.kind == "O" and all(type(x) in (int, float) for x in array.flat):
+            pass  # JSON integers beyond int64 (float64 overflow is refused below)
+        else:  # strings, booleans, null or a ragged list in the file
+            raise TypeError(array.dtype)
+        array = array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
         raise WeightsError(f"{key} is not a rectangular array of numbers") from None
     if array.shape != shape:
         raise WeightsError(f"{key} has shape {list(array.shape)}, the model needs {list(shape)}")
@@ -142,6 +149,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict, list[str], str]:
         raise WeightsError(f"not UTF-8 text at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise WeightsError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits
+        raise WeightsError(f"not usable JSON ({str(e).splitlines()[0]})") from None
     return parse_weights(doc)
 
 

@@ -1,0 +1,563 @@
+"""Bad input through the real commands: every case is one line on stderr that names the
+problem, exit code 2, no traceback, and nothing written or damaged.
+
+Most cases run the click command in-process (CliRunner: they fail before anything is
+compiled); streaming output runs the console command in a subprocess. Property-based tests
+mutate valid weights and config documents at random: the loaders either accept them or raise
+their own error (WeightsError / ConfigError), never another exception.
+"""
+
+import copy
+import json
+import math
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lstm_fn
+from lstm_fn.cli import cli
+from lstm_fn.config import ConfigError, TrainConfig, read_config_file, resolve
+from lstm_fn.model import ModelConfig
+from lstm_fn.weights import WeightsError, load_weights
+from reference_numpy import spec
+from reference_numpy.weights import read_weights
+
+# The tiny model and windows of tests/test_pipeline.py (one batch needs 4 * 16 + 1 = 65).
+TINY = ["--cell", "lstm", "--embed-size", "8", "--hidden-size", "32", "--layers", "2",
+        "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
+TEXT = "the cat sat on the mat.\nthe dog ate the hat,\n" * 40
+
+
+def invoke(*args):
+    """Run the click command in-process; stderr is kept apart from stdout."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_refused(result, *needles):
+    """Exit 2, exactly one ``Error:`` line on stderr containing every needle, no traceback."""
+    shown = f"exit {result.exit_code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.exit_code == 2, shown + f"\nexception: {result.exception!r}"
+    assert isinstance(result.exception, SystemExit), shown  # not an uncaught exception
+    assert "Traceback" not in result.output, shown
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, shown
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def lstm_fn_popen(*args, **kwargs):
+    """The real console command in a subprocess (persistent compile cache as configured)."""
+    cache_dir = kwargs.pop("cache_dir")
+    env = {**os.environ, "LSTM_FN_CACHE": os.environ.get("LSTM_FN_CACHE") or str(cache_dir)}
+    return subprocess.Popen([sys.executable, "-m", "lstm_fn.cli", *map(str, args)], env=env,
+                            **kwargs)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "good.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """An untrained tiny model over the corpus' characters (no training needed to load it)."""
+    vocab = lstm_fn.Vocab.from_text(TEXT)
+    cfg = lstm_fn.ModelConfig("lstm", len(vocab), embed_size=8, hidden_size=32, num_layers=2)
+    path = tmp_path_factory.mktemp("model") / "model.json"
+    lstm_fn.save_weights(path, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    return path
+
+
+def listing(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (to show that nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------ the corpus
+
+CORPORA = {
+    "missing": (None, ["not found", "nope.txt"]),
+    "directory": ("DIR", ["is a directory"]),
+    "empty": (b"", ["is empty"]),
+    "non-utf8": (b"hello world\nabc \xff\xfe def\n" * 10, ["not valid UTF-8 at byte 16",
+                                                           "--vocab bytes"]),
+    "binary": (bytes(range(256)) * 8, ["binary", "--vocab bytes"]),
+    "one character": (b"a" * 5000, ["1 distinct character", "at least 2"]),
+    "shorter than a batch": (b"abcdefg hij\n" * 3, ["needs 65", "batch_size 4 x seq_len 16",
+                                                    "--batch-size or --seq-len"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CORPORA))
+def test_bad_corpus_is_refused_before_anything_is_written(tmp_path, case):
+    content, needles = CORPORA[case]
+    path = tmp_path / "nope.txt"
+    if content == "DIR":
+        path = tmp_path / "folder"
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    result = invoke("pretrain", path, *TINY, "--steps", "5", "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "out" / "model.json")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
+
+
+def test_too_short_message_follows_the_chosen_batch_and_window(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("abcdefghij" * 3, encoding="utf-8")
+    result = invoke("pretrain", path, "--batch-size", "3", "--seq-len", "10", "--steps", "5",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert_refused(result, "needs 31", "batch_size 3 x seq_len 10")
+
+
+def test_eval_refuses_a_non_utf8_corpus(tmp_path, model_file):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("the caf\u00e9 sat\n".encode("latin-1"))
+    assert_refused(invoke("eval", path, "--from", model_file), "byte 7", "--vocab bytes")
+
+
+# ------------------------------------------------------------------------------ the config
+
+@pytest.mark.parametrize("doc, needles", [
+    ({"train": {"bogus": 1}}, ["unknown key train.bogus"]),
+    ({"model": {"bogus": 1}}, ["unknown key model.bogus", "allowed: cell"]),
+    ({"model": {"vocab_size": 9}}, ["model.vocab_size", "comes from the corpus"]),
+    ({"training": {}}, ["unknown config section 'training'", "allowed: model, train"]),
+    ({"train": {"momentum": "high"}}, ["train.momentum must be float", "'high'"]),
+    ({"train": {"steps": 2.5}}, ["train.steps must be int"]),
+    ({"train": {"freeze": "embed"}}, ["train.freeze must be a list of strings"]),
+    ({"model": {"hidden_size": 3.5}}, ["model.hidden_size must be int"]),
+    ({"train": {"learning_rate": 0}}, ["train.learning_rate", "(0, 10]"]),
+    ({"train": {"momentum": 1.0}}, ["train.momentum", "[0, 1)"]),
+    ({"train": []}, ["section 'train' must be an object"]),
+    ("{\"train\": {", ["not valid JSON"]),
+    (b"{\"train\": {\"seed\": \xff}}", ["not UTF-8"]),
+])
+def test_bad_config_file_names_the_key(tmp_path, corpus, doc, needles):
+    config = tmp_path / "config.json"
+    if isinstance(doc, bytes):
+        config.write_bytes(doc)
+    else:
+        config.write_text(doc if isinstance(doc, str) else json.dumps(doc), encoding="utf-8")
+    result = invoke("pretrain", corpus, "--config", config, "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "m.json")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_missing_config_file_is_named(tmp_path, corpus):
+    result = invoke("pretrain", corpus, "--config", tmp_path / "none.json",
+                    "--run-dir", tmp_path / "run")
+    assert_refused(result, "cannot read config", "none.json")
+
+
+@pytest.mark.parametrize("option, needles", [
+    (["--lr", "-1"], ["train.learning_rate", "(0, 10]", "-1"]),
+    (["--lr", "11"], ["train.learning_rate", "(0, 10]"]),
+    (["--layers", "0"], ["model.num_layers", ">= 1", "got 0"]),
+    (["--hidden-size", "-4"], ["model.hidden_size", ">= 1"]),
+    (["--dropout", "1.0"], ["model.dropout", "[0, 1)", "1.0"]),
+    (["--batch-size", "0"], ["train.batch_size", "> 0"]),
+    (["--val-fraction", "0.7"], ["train.val_fraction", "[0, 0.5]"]),
+    (["--grad-clip", "-1"], ["train.grad_clip", "[0, inf]"]),
+    (["--optimizer", "lbfgs"], ["train.optimizer", "adam, adamw, sgd, rmsprop"]),
+    (["--freeze", "middle"], ["train.freeze", "'middle'"]),
+])
+def test_out_of_range_training_option_names_key_and_range(tmp_path, corpus, option, needles):
+    result = invoke("pretrain", corpus, *TINY, "--steps", "5", *option,
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("option, needles", [
+    (["--top-p", "0"], ["top_p", "(0, 1]", "0.0"]),
+    (["--top-p", "1.5"], ["top_p", "(0, 1]", "1.5"]),
+    (["--temperature", "0"], ["temperature must be > 0 unless greedy"]),
+    (["--temperature", "-2"], ["temperature must be > 0"]),
+])
+def test_out_of_range_sampling_option_names_key_and_range(model_file, option, needles):
+    result = invoke("sample", "--from", model_file, "--length", "5", "--seed", "0", *option)
+    assert_refused(result, *needles)
+    assert result.stdout == ""  # refused before the prime is printed
+
+
+def test_temperature_zero_is_fine_when_greedy(model_file):
+    result = invoke("sample", "--from", model_file, "--length", "5", "--temperature", "0",
+                    "--greedy", "--prime", "the")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("the") and len(result.stdout) == len("the") + 5 + 1
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus):
+    """A real (very short) pretraining run: run directory, checkpoint and best model."""
+    work = tmp_path_factory.mktemp("run")
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--eval-every", "2",
+                    "--run-dir", work / "run", "--out", work / "model.json")
+    assert result.exit_code == 0, result.output
+    return work
+
+
+@pytest.mark.parametrize("option, needles", [
+    (["--hidden-size", "16"], ["--resume", "model.hidden_size is 32 in the run", "16"]),
+    (["--cell", "gru"], ["model.cell is 'lstm' in the run", "'gru'"]),
+    (["--lr", "0.1"], ["train.learning_rate is 0.002 in the run", "0.1"]),
+    (["--batch-size", "8"], ["train.batch_size is 4 in the run", "8"]),
+])
+def test_resume_with_another_shape_names_the_field(finished_run, corpus, option, needles):
+    before = listing(finished_run)
+    result = invoke("pretrain", corpus, "--resume", "--run-dir", finished_run / "run",
+                    "--out", finished_run / "model.json", "--steps", "4", *option)
+    assert_refused(result, *needles)
+    assert listing(finished_run) == before
+
+
+def test_resume_without_a_run_is_refused(tmp_path, corpus):
+    result = invoke("pretrain", corpus, "--resume", "--run-dir", tmp_path / "run",
+                    "--steps", "4")
+    assert_refused(result, "holds no run")
+
+
+# ---------------------------------------------------------------------- weights files
+
+def _set(path, value):
+    def edit(doc):
+        target = doc
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value(target[path[-1]]) if callable(value) else value
+    return edit
+
+
+def _delete(key):
+    return lambda doc: doc.pop(key)
+
+
+WEIGHTS_DAMAGE = {
+    "not JSON": (None, lambda text: "this is not JSON\n", ["not valid JSON"]),
+    "truncated JSON": (None, lambda text: text[:len(text) // 2], ["not valid JSON"]),
+    "empty file": (None, lambda text: "", ["not valid JSON"]),
+    "not UTF-8": (None, lambda text: b"\xff\xfe" + text.encode(), ["not UTF-8"]),
+    "a JSON array": (None, lambda text: "[1, 2, 3]", ["not a JSON object"]),
+    "wrong format": (_set(["format"], "keras-h5"), None, ["format is 'keras-h5'"]),
+    "newer version": (_set(["version"], spec.VERSION + 1), None, ["newer than this reader"]),
+    "missing key": (_delete("vocab"), None, ["missing key 'vocab'"]),
+    "missing model key": (lambda d: d["model"].pop("hidden_size"), None,
+                          ["model is missing key 'hidden_size'"]),
+    "extra key": (_set(["optimizer"], "adam"), None, ["unknown key 'optimizer'"]),
+    "extra param": (_set(["params", "head", "scale"], [1.0]), None,
+                    ["params.head has unknown key 'scale'"]),
+    "shape disagrees": (_set(["model", "hidden_size"], 33), None,
+                        ["params.layers[0].w_x has shape [8, 128], the model needs [8, 132]"]),
+    "layer count disagrees": (_set(["model", "num_layers"], 3), None,
+                              ["params.layers must be a list of 3"]),
+    "NaN": (_set(["params", "head", "b", 2], math.nan), None, ["non-finite number NaN"]),
+    "Infinity": (_set(["params", "embed", 0, 1], -math.inf), None,
+                 ["non-finite number -Infinity"]),
+    "beyond float32": (_set(["params", "embed", 0, 1], 1e39), None,
+                       ["params.embed holds a value that is not a finite float32"]),
+    "number as string": (_set(["params", "head", "b", 0], "0.5"), None,
+                         ["params.head.b is not a rectangular array of numbers"]),
+    "vocab length": (_set(["vocab"], lambda v: v[:-1]), None,
+                     ["entries but model.vocab_size is"]),
+    "duplicate vocab": (_set(["vocab", 1], lambda _: "t"), None, ["is a duplicate entry"]),
+}
+
+
+def damaged_weights(model_file: Path, folder: Path, case: str) -> Path:
+    doc_edit, text_edit, _ = WEIGHTS_DAMAGE[case]
+    text = model_file.read_text(encoding="utf-8")
+    if doc_edit is not None:
+        doc = json.loads(text)
+        doc_edit(doc)
+        text = json.dumps(doc, ensure_ascii=False)
+    if text_edit is not None:
+        text = text_edit(text)
+    path = folder / "bad.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("command", ["info", "sample"])
+@pytest.mark.parametrize("case", list(WEIGHTS_DAMAGE))
+def test_damaged_weights_file_is_refused_by_key(tmp_path, model_file, command, case):
+    path = damaged_weights(model_file, tmp_path, case)
+    args = ["info", path] if command == "info" else ["sample", "--from", path, "--length", "3"]
+    line = assert_refused(invoke(*args), *WEIGHTS_DAMAGE[case][2])
+    assert "bad.json" in line  # the message names the file too
+    with pytest.raises(WeightsError):
+        load_weights(path)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    assert_refused(invoke("info", tmp_path / "gone.json"), "No such file", "gone.json")
+    assert_refused(invoke("sample", "--from", tmp_path / "gone.json"), "gone.json")
+
+
+# ------------------------------------------------------------------------------ fine-tune
+
+@pytest.mark.parametrize("option, needles", [
+    (["--cell", "gru"], ["cannot fine-tune", "model.cell = 'lstm'", "'gru' was given"]),
+    (["--hidden-size", "16"], ["model.hidden_size = 32", "16 was given"]),
+    (["--layers", "3"], ["model.num_layers = 2", "3 was given"]),
+    (["--embed-size", "4"], ["model.embed_size = 8", "4 was given"]),
+    (["--vocab", "bytes"], ["base model uses vocab 'chars'", "--vocab chars"]),
+])
+def test_fine_tune_refuses_an_incompatible_model(tmp_path, model_file, corpus, option, needles):
+    before = model_file.read_bytes()
+    result = invoke("fine-tune", corpus, "--from", model_file, *option, "--steps", "3",
+                    "--batch-size", "4", "--seq-len", "16",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "tuned.json")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "tuned.json").exists()
+    assert model_file.read_bytes() == before
+
+
+def test_fine_tune_from_a_damaged_file_is_refused(tmp_path, model_file, corpus):
+    path = damaged_weights(model_file, tmp_path, "truncated JSON")
+    result = invoke("fine-tune", corpus, "--from", path, "--steps", "3",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "tuned.json")
+    assert_refused(result, "bad.json", "not valid JSON")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------ sampling
+
+def test_prime_outside_the_vocabulary_is_named(model_file, tmp_path):
+    assert_refused(invoke("sample", "--from", model_file, "--prime", "the QUIZ"),
+                   "4 character(s) not in the model's vocabulary", "'I', 'Q', 'U', 'Z'")
+    prime = tmp_path / "prime.txt"
+    prime.write_text("the cat\u00e9", encoding="utf-8")
+    assert_refused(invoke("sample", "--from", model_file, "--prime", f"@{prime}"), "'é'")
+    assert_refused(invoke("sample", "--from", model_file, "--prime", "@" + str(tmp_path / "no")),
+                   "No such file")
+    assert_refused(invoke("sample", "--from", model_file, "--prime", ""), "prime must be")
+
+
+def test_length_zero_prints_just_the_prime(model_file):
+    result = invoke("sample", "--from", model_file, "--prime", "the cat", "--length", "0",
+                    "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "the cat\n"
+
+
+def test_huge_length_streams(model_file, tmp_path):
+    """A billion characters could never be produced before printing: text that arrives while
+    the process runs proves the output streams (chunk by chunk), and memory stays flat."""
+    errors = (tmp_path / "stderr.txt").open("w")
+    proc = lstm_fn_popen("sample", "--from", model_file, "--prime", "the ", "--seed", "0",
+                         "--length", str(10 ** 9), cache_dir=tmp_path / "cache",
+                         stdout=subprocess.PIPE, stderr=errors)
+    try:
+        received, deadline = b"", time.monotonic() + 120
+        while len(received) < 20_000:
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.monotonic() < deadline, "no streamed output within 120 s"
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                received += os.read(proc.stdout.fileno(), 65536)
+        rss_kib = int(next(line.split()[1] for line in
+                           Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                           if line.startswith("VmHWM:"))) if sys.platform == "linux" else 0
+        assert proc.poll() is None  # still generating: the output came out as it was made
+    finally:
+        proc.kill()
+        proc.communicate()
+        errors.close()
+    assert received.startswith(b"the ")
+    assert set(received.decode("utf-8", errors="strict")) <= set(TEXT)
+    assert rss_kib < 2 * 1024 * 1024, f"peak memory {rss_kib} KiB"
+
+
+# ------------------------------------------------- property-based: weights never crash
+
+def _small_weights_text() -> str:
+    vocab = lstm_fn.Vocab.from_text("ab c\n")
+    cfg = lstm_fn.ModelConfig("gru", len(vocab), embed_size=2, hidden_size=2, num_layers=2)
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
+    path = folder / f"lstm_fn_small_weights_{os.getpid()}.json"
+    lstm_fn.save_weights(path, lstm_fn.init(jax.random.key(1), cfg), cfg, vocab)
+    try:
+        return path.read_text(encoding="utf-8")
+    finally:
+        path.unlink()
+
+
+SMALL_WEIGHTS = _small_weights_text()
+
+JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 300), st.just(10 ** 400), st.just(-(10 ** 30)),
+    st.floats(allow_nan=True, allow_infinity=True), st.just(1e39), st.text(max_size=4),
+    st.lists(st.floats(-2, 2), max_size=4), st.lists(st.lists(st.integers(0, 2), max_size=3),
+                                                     max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2))
+
+
+def _paths(tree, prefix=()):
+    """Every path (tuple of keys / indices) below the root of a JSON tree."""
+    items = tree.items() if isinstance(tree, dict) else (
+        enumerate(tree) if isinstance(tree, list) else ())
+    for key, value in items:
+        yield prefix + (key,)
+        yield from _paths(value, prefix + (key,))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+@st.composite
+def mutated_document(draw, base: dict):
+    """``base`` with 1-3 random deletions, replacements (numbers to strings, NaN, huge...)
+    or added keys at random depths."""
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(1, 3))):
+        by_depth = {}
+        for path in _paths(doc):
+            by_depth.setdefault(len(path), []).append(path)
+        if not by_depth:
+            break
+        depth = draw(st.sampled_from(sorted(by_depth)))  # shallow keys as often as deep ones
+        path = draw(st.sampled_from(by_depth[depth]))
+        parent, key = _at(doc, path[:-1]), path[-1]
+        action = draw(st.sampled_from(["delete", "replace", "stringify", "add key"]))
+        if action == "delete":
+            del parent[key]
+        elif action == "replace":
+            parent[key] = draw(JSON_VALUES)
+        elif action == "stringify":
+            parent[key] = json.dumps(parent[key])[:20]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = draw(JSON_VALUES)
+        else:
+            parent.insert(key, draw(JSON_VALUES))
+    return doc
+
+
+@st.composite
+def mutated_text(draw, text: str):
+    """``text`` cut at a random offset, or with random characters or bytes replaced."""
+    action = draw(st.sampled_from(["truncate", "flip", "bytes"]))
+    if action == "truncate":
+        return text[:draw(st.integers(0, len(text)))].encode("utf-8")
+    raw = bytearray(text.encode("utf-8"))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(raw) - 1))
+        if action == "bytes":
+            raw[at] = draw(st.integers(0, 255))
+        else:
+            raw[at:at + 1] = draw(st.sampled_from(list('{}[],:"0-.eE \\') + ["NaN", "1e99",
+                                                                          "true", "\u00e9"])).encode()
+    return bytes(raw)
+
+
+def _check_weights_outcome(path: Path):
+    """Loaded whole and consistent, or refused with WeightsError; nothing else."""
+    try:
+        params, model, vocab, _ = read_weights(path)
+    except WeightsError:
+        with pytest.raises(WeightsError):
+            load_weights(path)
+        return
+    shapes = spec.param_shapes(model)
+    for array, shape in zip(jax.tree.leaves(params),
+                            jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple))):
+        assert array.shape == shape and array.dtype == np.float32 and np.isfinite(array).all()
+    assert len(vocab) == len(set(vocab)) == model["vocab_size"]
+    try:
+        loaded, cfg, lvocab = load_weights(path)
+    except WeightsError:
+        assert model["vocab_size"] < 2  # loadable in numpy, but no language model to run
+        return
+    assert cfg.architecture() == model and list(lvocab.symbols) == vocab
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    return tmp_path_factory.mktemp("scratch")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=mutated_document(json.loads(SMALL_WEIGHTS)))
+def test_mutated_weights_documents_load_or_raise_weights_error(scratch, doc):
+    path = scratch / "mutated.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    _check_weights_outcome(path)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=mutated_text(SMALL_WEIGHTS))
+def test_mutated_weights_text_loads_or_raises_weights_error(scratch, raw):
+    path = scratch / "mutated.json"
+    path.write_bytes(raw)
+    _check_weights_outcome(path)
+
+
+# -------------------------------------------------- property-based: configs never crash
+
+VALID_CONFIG = {
+    "model": {"cell": "gru", "embed_size": 16, "hidden_size": 32, "num_layers": 2,
+              "dropout": 0.1},
+    "train": {"batch_size": 8, "seq_len": 32, "steps": 100, "epochs": 2.5,
+              "optimizer": "adamw", "learning_rate": 0.003, "weight_decay": 0.01,
+              "schedule": "cosine", "warmup_steps": 10, "patience": 3,
+              "freeze": ["embed", "1"], "val_fraction": 0.1, "seed": 7},
+}
+
+
+def _check_config_outcome(path: Path):
+    """A usable TrainConfig (and a model section ModelConfig accepts or refuses with a
+    ValueError), or ConfigError; nothing else."""
+    try:
+        doc = read_config_file(path)
+        model, train = resolve(doc, {}, {}, {"steps": 10})
+    except ConfigError:
+        return
+    assert isinstance(train, TrainConfig)
+    assert set(model) <= {"cell", "embed_size", "hidden_size", "num_layers", "dropout"}
+    try:
+        ModelConfig(**model, vocab_size=10)
+    except ValueError:
+        pass
+    # The same sections given as overrides (as the command line does) behave alike.
+    try:
+        resolve({"model": {}, "train": {}}, dict(doc["model"]), dict(doc["train"]))
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=80, deadline=None)
+@given(doc=mutated_document(VALID_CONFIG))
+def test_mutated_config_documents_resolve_or_raise_config_error(scratch, doc):
+    path = scratch / "config.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    _check_config_outcome(path)
+
+
+@settings(max_examples=80, deadline=None)
+@given(raw=mutated_text(json.dumps(VALID_CONFIG, indent=1)))
+def test_mutated_config_text_resolves_or_raises_config_error(scratch, raw):
+    path = scratch / "config.json"
+    path.write_bytes(raw)
+    _check_config_outcome(path)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError) and issubclass(WeightsError, ValueError)
