@@ -7,6 +7,7 @@ import sys
 import click
 
 from lstm_fn.checkpoint import CheckpointError
+from lstm_fn.cli_options import run_command, run_options
 from lstm_fn.vocab import CorpusError
 from reference_numpy.weights import WeightsError
 
@@ -96,126 +97,17 @@ def gradnorms(steps, num_layers, hidden_size, seed):
         click.echo(f"{back:>10}" + "".join(f"{norms[c][t]:>12.2e}" for c in cells))
 
 
-# Command-line spelling and help of TrainConfig fields; every field is an option.
-TRAIN_HELP = {
-    "batch_size": ("--batch-size", "Parallel streams per step (B)."),
-    "seq_len": ("--seq-len", "Characters per window, the BPTT length (T)."),
-    "steps": ("--steps", "Stop after this many updates in total."),
-    "epochs": ("--epochs", "Stop after this many passes over the training split."),
-    "minutes": ("--minutes", "Stop after this much wall-clock time (this invocation)."),
-    "optimizer": ("--optimizer", "adam, adamw, sgd (with momentum) or rmsprop."),
-    "learning_rate": ("--lr", "Peak learning rate."),
-    "weight_decay": ("--weight-decay", "Decoupled weight decay (adamw)."),
-    "momentum": ("--momentum", "Momentum (sgd)."),
-    "grad_clip": ("--grad-clip", "Clip gradients to this global norm (0: off)."),
-    "schedule": ("--schedule", "constant, cosine (warmup + cosine), exponential, plateau."),
-    "warmup_steps": ("--warmup-steps", "Linear warmup length."),
-    "min_lr_ratio": ("--min-lr-ratio", "cosine: final rate as a fraction of the peak."),
-    "decay_rate": ("--decay-rate", "exponential: factor per --decay-steps."),
-    "decay_steps": ("--decay-steps", "exponential: steps per decay."),
-    "plateau_factor": ("--plateau-factor", "plateau: factor when validation stalls."),
-    "plateau_patience": ("--plateau-patience", "plateau: evaluations without improvement."),
-    "patience": ("--patience", "Stop early after this many evaluations without improvement."),
-    "eval_every": ("--eval-every", "Evaluate on the validation split every N steps."),
-    "checkpoint_every": ("--checkpoint-every", "Save a checkpoint every N steps."),
-    "keep_checkpoints": ("--keep-checkpoints", "How many recent checkpoints to keep."),
-    "sample_every": ("--sample-every", "Print a sample every N steps (0: never)."),
-    "sample_length": ("--sample-length", "Length of those samples."),
-    "val_fraction": ("--val-fraction", "Share of the corpus held out for validation."),
-    "test_fraction": ("--test-fraction", "Share held out for the final test."),
-    "vocab": ("--vocab", "chars (distinct characters) or bytes (256 byte values)."),
-    "gradients": ("--gradients", "autodiff (jax.grad) or manual (hand-written BPTT)."),
-    "freeze": ("--freeze", "Keep a part fixed: embed, head or a layer number (repeatable)."),
-    "seed": ("--seed", "Random seed (init, dropout, samples)."),
-}
-MODEL_OPTIONS = [
-    click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Cell type."),
-    click.option("--embed-size", type=int, help="Embedding size E."),
-    click.option("--hidden-size", type=int, help="Hidden size H."),
-    click.option("--layers", "num_layers", type=int, help="Number of stacked layers."),
-    click.option("--dropout", type=float, help="Dropout on each layer's output while training."),
-]
-
-
-def _train_options(command):
-    """Add one option per TrainConfig field, default None (= keep the config file's value)."""
-    import dataclasses
-    import typing
-
-    from lstm_fn.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    for field in reversed(dataclasses.fields(TrainConfig)):
-        flag, text = TRAIN_HELP[field.name]
-        kind = hints[field.name]
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        multiple = typing.get_origin(kind) is tuple
-        default = "none" if field.default is None else (
-            "" if multiple else field.default)
-        command = click.option(
-            flag, field.name, type=str if multiple else base, multiple=multiple,
-            default=None, show_default=False,
-            help=f"{text} [default: {default}]" if default != "" else text)(command)
-    return command
-
-
-def _common_run_options(command):
-    for option in reversed([
-        click.argument("corpus", required=False),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                     help="JSON config with 'model' and 'train' sections; options override it."),
-        click.option("--run-dir", type=click.Path(file_okay=False),
-                     help="Run directory [default: runs/<corpus>-<time>]."),
-        click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default="data",
-                     help="Where corpus names are looked up and fetched to."),
-        *MODEL_OPTIONS,
-    ]):
-        command = option(command)
-    return _train_options(command)
-
-
-def _run(corpus, config_path, run_dir, out, resume, data_dir, base, defaults, options):
-    """Resolve config file + options and run the training loop; exits with its code."""
-    import time
-    from pathlib import Path
-
-    from lstm_fn.config import read_config_file, resolve
-    from lstm_fn.run import RunSpec, run
-
-    model_keys = ("cell", "embed_size", "hidden_size", "num_layers", "dropout")
-    model_overrides = {k: options.pop(k) for k in model_keys}
-    train_overrides = {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
-    doc = read_config_file(config_path)
-    model, train = resolve(doc, model_overrides, train_overrides, defaults)
-    if run_dir is None:
-        if resume:
-            raise click.UsageError("--resume needs --run-dir")
-        name = Path(corpus).stem if corpus else "pydoc"
-        run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    given = frozenset(k for k, v in train_overrides.items() if v is not None)
-    spec = RunSpec(corpus, model, train, Path(run_dir), Path(out), resume, Path(data_dir), base,
-                   given | frozenset(doc["train"]))
-    click.echo(f"run directory: {spec.run_dir}", err=True)
-    result = run(spec)
-    if result.message:
-        click.echo(result.message, err=True)
-    if result.status == "done":
-        click.echo(f"best model: {spec.out} (validation {result.best_val:.4f} nats/char)")
-    sys.exit(result.exit_code)
-
-
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False), default="model.json",
               help="Where the best model is written as JSON weights.")
-@_common_run_options
+@run_options
 def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
     """Train a model from scratch on CORPUS.
 
     CORPUS is a text file, a file name under --data-dir, 'tinyshakespeare' (fetched once and
     verified), or nothing for the built-in offline corpus (Python's own documentation text).
     """
-    _run(corpus, config_path, run_dir, out, resume, data_dir, None, {"steps": 5000}, options)
+    run_command(corpus, config_path, run_dir, out, resume, data_dir, None, {"steps": 5000}, options)
 
 
 @cli.command("fine-tune")
@@ -223,7 +115,7 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
               help="The JSON weights to start from.")
 @click.option("--out", type=click.Path(dir_okay=False), default="tuned.json",
               help="Where the best fine-tuned model is written.")
-@_common_run_options
+@run_options
 def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **options):
     """Continue training the model in --from on CORPUS.
 
@@ -233,7 +125,7 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
     from lstm_fn.weights import load_weights
 
     base = load_weights(base_path)
-    _run(corpus, config_path, run_dir, out, resume, data_dir, base,
+    run_command(corpus, config_path, run_dir, out, resume, data_dir, base,
          {"steps": 1000, "learning_rate": 5e-4}, options)
 
 

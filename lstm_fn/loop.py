@@ -204,6 +204,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 losses.append(loss)
                 if timed_from is None:  # the first step includes compilation
                     timed_from = time.monotonic()
+                    log(f"first step (compilation included): {timed_from - started:.1f} s")
                 else:
                     timed_steps += 1
                 rate = chars_per_step * timed_steps / max(time.monotonic() - timed_from, 1e-9)

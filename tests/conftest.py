@@ -29,3 +29,13 @@ def assert_close(a, b, atol=F32_ATOL, rtol=F32_RTOL):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """CLI subprocesses share one persistent compilation cache for the session, outside
+    the user's home."""
+    import os
+
+    path = os.environ.setdefault("LSTM_FN_CACHE", str(tmp_path_factory.mktemp("jax-cache")))
+    return path

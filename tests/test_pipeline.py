@@ -180,3 +180,18 @@ def test_a_second_run_in_the_same_directory_is_refused(trained, corpus):
                      "--out", trained / "other.json")
     assert result.returncode == 2 and "already holds a run" in result.stderr
     assert not (trained / "other.json").exists()
+
+
+def test_a_second_run_compiles_nothing(corpus, tmp_path):
+    """With the persistent compilation cache, a repeated run adds no compiled program."""
+    env = dict(os.environ, LSTM_FN_CACHE=str(tmp_path / "cache"))
+    args = [corpus, *TINY, "--steps", "10", "--eval-every", "5"]
+    first = lstm_fn("pretrain", *args, "--run-dir", tmp_path / "r1", "--out", tmp_path / "1.json",
+                    env=env)
+    assert first.returncode == 0, first.stderr
+    programs = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert any(name.startswith("jit_step") for name in programs)
+    second = lstm_fn("pretrain", *args, "--run-dir", tmp_path / "r2", "--out", tmp_path / "2.json",
+                     env=env)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == programs
