@@ -1,20 +1,25 @@
-"""Hand-written backpropagation through time: each layer as a ``jax.custom_vjp``.
+"""Hand-written backpropagation through time: the recurrence as a ``jax.custom_vjp``.
 
 The twin of :mod:`reference_numpy.cells` in JAX, and the fast path of training
 (``TrainConfig(gradients="manual")``). Only the math differs per cell (:data:`MATH`); the
-forward scan, the reverse scan and the weight gradients are written once:
+scans and the weight gradients are written once:
 
-- forward: ``gx_t = x_t @ w_x + b_x`` and ``gh_t = h_{t-1} @ w_h + b_h`` feed the cell's
-  ``forward``, which also returns what its backward needs (gate activations, not the
-  pre-activations), stacked by ``lax.scan`` over time.
+- forward: ``gx_t = x_t @ w_x`` for all steps at once (one matmul), then a ``lax.scan``
+  whose step adds ``b_x``, computes ``gh_t = h_{t-1} @ w_h + b_h`` and the cell, and stacks
+  what the backward needs (gate activations, not pre-activations).
 - backward: a reverse ``lax.scan`` carries ``dL/d carry`` and emits ``dgx_t`` (and ``dgh_t``
-  when it differs, as in the gru); only ``dh_{t-1} += dgh_t @ w_h^T`` stays inside the
-  sequential loop. After it, each weight gradient is ONE matmul over all ``T*B`` rows:
-  ``dw_h = sum_t h_{t-1}^T dgh_t``, ``dw_x = sum_t x_t^T dgx_t``, ``dxs = dgx @ w_x^T``.
+  where it differs, in the gru); only ``dh_{t-1} += dgh_t @ w_h^T`` stays in the sequential
+  loop. After it, each gradient is ONE matmul or sum over all ``T*B`` rows:
+  ``dw_h = sum_t h_{t-1}^T dgh_t``, ``db_x = sum dgx``, ``db_h = sum dgh``, and in the
+  input projection (:func:`project`) ``dw_x = sum_t x_t^T dgx_t``, ``dxs = dgx @ w_x^T``.
 
-The layer returns its final carry, so a cotangent for it (zero in training, not in general)
-starts the reverse scan; the gradient w.r.t. the initial carry is what the scan ends with.
-Gate order is :data:`reference_numpy.spec.GATES`, cut with ``jnp.split``.
+The final carry is returned, so its cotangent (zero in training, not in general) starts the
+reverse scan; the gradient w.r.t. the initial carry is what that scan ends with. Gate order
+is :data:`reference_numpy.spec.GATES`, cut with ``jnp.split``.
+
+Speed notes (measured on CPU, see ``benchmarks/README.md``): the lstm's scans read step t's
+inputs from the loop carry, sliced one step ahead (:func:`_scan`), and the first layer's
+projection is a row lookup in ``embed @ w_x`` (``[V, G*H]``), not a ``[T*B, E]`` matmul.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def _split(cell: str, a: jax.Array) -> list[jax.Array]:
 
 
 # -------------------------------------------------------------------------- per-cell math
-# forward(carry, gx, gh) -> (carry', h', saved):  gx, gh [B, G*H]; saved: a tuple of [B, .].
+# forward(carry, gx, gh) -> (carry', h', saved):  gx, gh [B, G*H] with biases; saved: a tuple
+#   of [B, .] arrays stacked over time for the backward.
 # backward(saved, h_prev, h, dcarry) -> (dcarry_prev, dgx, dgh):  dcarry holds the *total*
 #   dL/d carry' (``h`` from the layer above and from step t+1); dcarry_prev leaves out the
 #   path through ``gh = h_prev @ w_h``, which the caller adds; dgh None means dgh == dgx.
@@ -65,7 +71,7 @@ def _lstm_forward(carry, gx, gh):
 def _lstm_backward(saved, h_prev, h, dcarry):
     gates, c_prev = saved  # [B, 4H], [B, H]
     i, f, g, o = _split("lstm", gates)
-    tanh_c = jnp.tanh(f * c_prev + i * g)  # recomputed: cheaper than saving it
+    tanh_c = jnp.tanh(f * c_prev + i * g)  # recomputed: cheaper than stacking it
     dc = dcarry.c + dcarry.h * o * (1.0 - tanh_c * tanh_c)  # h' = o * tanh(c')
     da = jnp.concatenate([
         dc * g * i * (1.0 - i),  # c' = f c + i g, and each gate is sigmoid / tanh of a
@@ -98,106 +104,181 @@ def _gru_backward(saved, h_prev, h, dcarry):
 
 
 class CellMath(NamedTuple):
-    """A cell's step and its hand-written backward (contracts above)."""
+    """A cell's step, its hand-written backward (contracts above), and whether its scans
+    read each step's inputs from the loop carry (:func:`_scan`): measured faster for the
+    lstm, slower for rnn and gru (see ``benchmarks/README.md``)."""
 
     forward: Callable
     backward: Callable
+    prefetch: bool
 
 
 MATH: dict[str, CellMath] = {
-    "rnn": CellMath(_rnn_forward, _rnn_backward),
-    "lstm": CellMath(_lstm_forward, _lstm_backward),
-    "gru": CellMath(_gru_forward, _gru_backward),
+    "rnn": CellMath(_rnn_forward, _rnn_backward, prefetch=False),
+    "lstm": CellMath(_lstm_forward, _lstm_backward, prefetch=True),
+    "gru": CellMath(_gru_forward, _gru_backward, prefetch=False),
 }
 assert set(MATH) == set(spec.CELLS)
 
 
-# ------------------------------------------------------------------------ the layer, once
+# ------------------------------------------------------------------- the scans, once
 
 
-def _forward(cell: str, p: dict, xs: jax.Array, carry, save: bool):
-    """Forward scan; with ``save``, also the cell's per-step residuals stacked over T."""
-    forward = MATH[cell].forward
-    gxs = xs @ p["w_x"] + p["b_x"]  # [T, B, G*H]
+def _scan(step: Callable, carry, xs, *, reverse: bool = False, prefetch: bool = False):
+    """``lax.scan(step, carry, xs, reverse=reverse)``; with ``prefetch``, step t's slice of
+    ``xs`` is read from the loop carry, where step t-1 put it.
+
+    Why: XLA's CPU backend emits scalar code for an elementwise fusion that slices a scanned
+    array itself (its LLVM IR re-reads the loop index for every element), which made the
+    lstm's gate math several times slower; a slice taken into the carry is a plain copy, and
+    the math then reads dense buffers. For rnn and gru the extra copies cost more than that.
+    """
+    if not prefetch:
+        return lax.scan(step, carry, xs, reverse=reverse)
+    T = jax.tree.leaves(xs)[0].shape[0]
+
+    def take(t):
+        return jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, t, keepdims=False), xs)
+
+    def body(state, t):
+        carry, x = state
+        carry, y = step(carry, x)
+        return (carry, take(jnp.clip(t - 1 if reverse else t + 1, 0, T - 1))), y
+
+    first = T - 1 if reverse else 0
+    (carry, _), ys = lax.scan(body, (carry, take(first)), jnp.arange(T), reverse=reverse)
+    return carry, ys
+
+
+def _forward(cell: str, p: dict, gxs: jax.Array, carry, save: bool):
+    """Forward scan over ``gxs = xs @ w_x`` (no bias); with ``save``, also the cell's
+    residuals stacked over T."""
+    math = MATH[cell]
 
     def step(carry, gx):
-        carry, h, saved = forward(carry, gx, carry.h @ p["w_h"] + p["b_h"])
+        carry, h, saved = math.forward(carry, gx + p["b_x"], carry.h @ p["w_h"] + p["b_h"])
         return carry, (h, saved) if save else h
 
-    return lax.scan(step, carry, gxs)
+    return _scan(step, carry, gxs, prefetch=math.prefetch)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def manual_layer(cell: str, p: dict, xs: jax.Array, carry) -> tuple[jax.Array, tuple]:
-    """One layer over time with a hand-written backward; same values as
-    :func:`lstm_fn.scan.layer_scan`.
+def recurrence(cell: str, p: dict, gxs: jax.Array, carry) -> tuple[jax.Array, tuple]:
+    """The recurrent part of a layer, with a hand-written backward.
 
     Args:
       cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
-      p: layer params ``w_x [In, G*H]``, ``w_h [H, G*H]``, ``b_x``, ``b_h [G*H]``.
-      xs: inputs ``[T, B, In]`` (time-major).
+      p: ``w_h [H, G*H]``, ``b_x [G*H]``, ``b_h [G*H]`` (``w_x`` is not used here).
+      gxs: the input projection ``xs @ w_x`` without its bias, ``[T, B, G*H]``.
       carry: initial state, ``HiddenState(h)`` or ``LSTMState(h, c)``, parts ``[B, H]``.
 
     Returns:
       ``(hs [T, B, H], final carry)``.
     """
-    carry, hs = _forward(cell, p, xs, carry, save=False)
+    carry, hs = _forward(cell, p, gxs, carry, save=False)
     return hs, carry
 
 
-def _manual_layer_fwd(cell, p, xs, carry):
-    final, (hs, saved) = _forward(cell, p, xs, carry, save=True)
-    return (hs, final), (p, xs, carry, hs, saved)
+def _recurrence_fwd(cell, p, gxs, carry):
+    final, (hs, saved) = _forward(cell, p, gxs, carry, save=True)
+    return (hs, final), (p["w_h"], carry, hs, saved)
 
 
-def _manual_layer_bwd(cell, residuals, cotangents):
-    p, xs, carry, hs, saved = residuals
+def _recurrence_bwd(cell, residuals, cotangents):
+    w_h, carry, hs, saved = residuals
     dhs, dfinal = cotangents  # [T, B, H], carry of [B, H]
-    backward = MATH[cell].backward
+    math = MATH[cell]
     h_prevs = jnp.concatenate([carry.h[None], hs[:-1]])  # [T, B, H]
-    w_h_t = p["w_h"].T  # [G*H, H]
+    w_h_t = w_h.T  # [G*H, H]
 
     def step(dcarry, inputs):
         saved_t, h_prev, h, dh_above = inputs
         dcarry = dcarry._replace(h=dcarry.h + dh_above)
-        dprev, dgx, dgh = backward(saved_t, h_prev, h, dcarry)
-        dgh_t = dgx if dgh is None else dgh
-        dprev = dprev._replace(h=dprev.h + dgh_t @ w_h_t)
+        dprev, dgx, dgh = math.backward(saved_t, h_prev, h, dcarry)
+        dprev = dprev._replace(h=dprev.h + (dgx if dgh is None else dgh) @ w_h_t)
         return dprev, (dgx if dgh is None else (dgx, dgh))
 
-    dcarry, out = lax.scan(step, dfinal, (saved, h_prevs, hs, dhs), reverse=True)
+    dcarry, out = _scan(step, dfinal, (saved, h_prevs, hs, dhs), reverse=True,
+                        prefetch=math.prefetch)
     dgxs, dghs = out if isinstance(out, tuple) else (out, out)  # [T, B, G*H] each
-    grads = {
-        "w_x": jnp.einsum("tbi,tbg->ig", xs, dgxs),
-        "w_h": jnp.einsum("tbh,tbg->hg", h_prevs, dghs),
-        "b_x": dgxs.sum(axis=(0, 1)),
-        "b_h": dghs.sum(axis=(0, 1)),
-    }
-    return {k: grads[k] for k in p}, dgxs @ p["w_x"].T, dcarry
+    grads = {"w_h": jnp.einsum("tbh,tbg->hg", h_prevs, dghs),
+             "b_x": dgxs.sum(axis=(0, 1)), "b_h": dghs.sum(axis=(0, 1))}
+    return grads, dgxs, dcarry
 
 
-manual_layer.defvjp(_manual_layer_fwd, _manual_layer_bwd)
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _recurrent_params(p: dict) -> dict:
+    return {k: p[k] for k in ("w_h", "b_x", "b_h")}
+
+
+@jax.custom_vjp
+def project(xs: jax.Array, w_x: jax.Array) -> jax.Array:
+    """``xs [T, B, In] @ w_x [In, G*H]``; backward ``dxs = dgx @ w_x^T`` and
+    ``dw_x = sum_t xs_t^T dgx_t``, one matmul each (written out: the products JAX derives
+    by itself ran as a slow generic dot plus a transpose on CPU)."""
+    return xs @ w_x
+
+
+def _project_fwd(xs, w_x):
+    return xs @ w_x, (xs, w_x)
+
+
+def _project_bwd(residuals, dgxs):
+    xs, w_x = residuals
+    return dgxs @ w_x.T, jnp.einsum("tbi,tbg->ig", xs, dgxs)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
+def manual_layer(cell: str, p: dict, xs: jax.Array, carry) -> tuple[jax.Array, tuple]:
+    """One layer over time, same values as :func:`lstm_fn.scan.layer_scan`, differentiated
+    through :func:`recurrence`.
+
+    Args:
+      p: layer params ``w_x [In, G*H]``, ``w_h [H, G*H]``, ``b_x``, ``b_h [G*H]``.
+      xs: inputs ``[T, B, In]`` (time-major).
+      carry: initial state, parts ``[B, H]``.
+
+    Returns:
+      ``(hs [T, B, H], final carry)``.
+    """
+    return recurrence(cell, _recurrent_params(p), project(xs, p["w_x"]), carry)
 
 
 # ------------------------------------------------------------------------ the model
 
 
-def manual_stack(cell: str, layers: list[dict], xs: jax.Array, carry: tuple,
+def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
                  masks: list[jax.Array] | None = None) -> tuple[jax.Array, tuple]:
-    """The stacked layers, each a :func:`manual_layer`; no ``ModelConfig`` needed.
+    """The stacked layers on token ids; no ``ModelConfig`` needed.
+
+    The first layer's projection ``embed[tokens] @ w_x`` is read from the ``[V, G*H]``
+    table ``embed @ w_x`` (its gradient: a scatter-add into ``V`` rows, then two small
+    matmuls) when ``V <= T*B``, as it is for characters.
 
     Args:
-      layers: per-layer params, as ``params["layers"]``.
-      xs: inputs of the first layer ``[T, B, E]`` (time-major).
-      carry: one state per layer.
+      params: the params tree of :mod:`lstm_fn.model`.
+      cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+      tokens: int ``[B, T]``.
+      carry: one state per layer, parts ``[B, H]``.
       masks: optional dropout masks, one ``[B, T, H]`` per layer, multiplying its output.
 
     Returns:
       ``(top layer's outputs [T, B, H], tuple of final states)``.
     """
+    embed, w_x = params["embed"], params["layers"][0]["w_x"]
+    if embed.shape[0] <= tokens.size:
+        gxs = (embed @ w_x)[tokens.T]  # [T, B, G*H]
+    else:
+        gxs = project(embed[tokens.T], w_x)
     new_carry = []
-    for l, p in enumerate(layers):
-        xs, c = manual_layer(cell, p, xs, carry[l])
+    for l, p in enumerate(params["layers"]):
+        if l > 0:
+            gxs = project(xs, p["w_x"])
+        xs, c = recurrence(cell, _recurrent_params(p), gxs, carry[l])  # xs: [T, B, H]
         if masks is not None:
             xs = xs * jnp.swapaxes(masks[l], 0, 1)
         new_carry.append(c)
@@ -207,7 +288,7 @@ def manual_stack(cell: str, layers: list[dict], xs: jax.Array, carry: tuple,
 def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tuple,
                 masks: list[jax.Array] | None = None, *, cfg: ModelConfig,
                 mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
-    """:func:`lstm_fn.model.loss` with the hand-written layer backward.
+    """:func:`lstm_fn.model.loss` with the hand-written backward of the recurrences.
 
     Args:
       params: the params tree of :mod:`lstm_fn.model`.
@@ -220,8 +301,7 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tupl
     Returns:
       ``(mean cross-entropy in nats per character, final carry)``.
     """
-    xs = params["embed"][inputs.T]  # [T, B, E]
-    top, carry = manual_stack(cfg.cell, params["layers"], xs, carry, masks)
+    top, carry = manual_apply(params, cfg.cell, inputs, carry, masks)
     logits = jnp.swapaxes(top, 0, 1) @ params["head"]["w"] + params["head"]["b"]  # [B, T, V]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
     if mask is None:
