@@ -106,6 +106,15 @@ def make_jax_train(cell, hidden, gradients):
     return run, {"compile_s": compile_s, "xla_temp_mb": temp / 2**20 if temp else None}
 
 
+TORCH_DEVICE = torch.device("cpu")  # --gpu switches to cuda (cuDNN kernels)
+
+
+def _torch_sync():
+    """Wait for queued GPU work, so a timer measures it."""
+    if TORCH_DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 class TorchLM(torch.nn.Module):
     def __init__(self, cell, hidden):
         super().__init__()
@@ -124,9 +133,9 @@ def _detach(state):
 
 def make_torch_train(cell, hidden):
     torch.manual_seed(0)
-    model = TorchLM(cell, hidden)
+    model = TorchLM(cell, hidden).to(TORCH_DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    ids = torch.randint(0, V, (2, B, T))
+    ids = torch.randint(0, V, (2, B, T), device=TORCH_DEVICE)
     box = [None]
 
     def run(n):
@@ -139,6 +148,7 @@ def make_torch_train(cell, hidden):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             box[0] = _detach(state)  # truncated BPTT: the carry crosses windows, gradients not
+        _torch_sync()
         return time.perf_counter() - t0
 
     first = run(1)
@@ -146,8 +156,8 @@ def make_torch_train(cell, hidden):
 
 
 def make_jax_eval(cell, hidden, forward="model"):
-    """Forward only: ``model.loss`` (what ``train.evaluate`` runs), or with
-    ``forward="bptt"`` the forward of ``bptt.manual_loss`` (not used for evaluation)."""
+    """Forward only: ``model.loss`` (the plain scan), or with ``forward="bptt"`` the forward
+    of ``bptt.manual_loss`` (what ``train.evaluate`` runs)."""
     cfg = M.ModelConfig(cell, V, E, hidden, LAYERS)
     params = M.init(jax.random.key(0), cfg)
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
@@ -175,8 +185,8 @@ def make_jax_eval(cell, hidden, forward="model"):
 
 def make_torch_eval(cell, hidden):
     torch.manual_seed(0)
-    model = TorchLM(cell, hidden).eval()
-    ids = torch.randint(0, V, (2, B, T))
+    model = TorchLM(cell, hidden).to(TORCH_DEVICE).eval()
+    ids = torch.randint(0, V, (2, B, T), device=TORCH_DEVICE)
     box = [None]
 
     def run(n):
@@ -185,6 +195,7 @@ def make_torch_eval(cell, hidden):
             for _ in range(n):
                 logits, box[0] = model(ids[0], box[0])
                 torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[1].reshape(-1))
+        _torch_sync()
         return time.perf_counter() - t0
 
     run(1)
@@ -218,13 +229,13 @@ def make_jax_sample(hidden, batch, length):
 
 def make_torch_sample(hidden, batch, length):
     torch.manual_seed(0)
-    model = TorchLM("lstm", hidden).eval()
+    model = TorchLM("lstm", hidden).to(TORCH_DEVICE).eval()
 
     def one(n_chars):
         t0 = time.perf_counter()
         first_s = None
         with torch.no_grad():
-            prime = torch.as_tensor(PRIME)[None].expand(batch, -1)
+            prime = torch.as_tensor(PRIME, device=TORCH_DEVICE)[None].expand(batch, -1)
             logits, state = model(prime)
             for _ in range(n_chars):
                 ids = torch.multinomial(torch.softmax(logits[:, -1], dim=-1), 1)  # [S, 1]
@@ -314,7 +325,8 @@ def markdown(results: list[dict], meta: dict) -> str:
                 f"{num(r.get('vs_torch'), '{:.2f}')} | {r['first_char_s']:.3f} | "
                 f"{num(r.get('first_char_cold_s'), '{:.2f}')} |" for r in samples]
     peaks = meta["matmul_peak_gflops"]
-    out += ["", f"jax {meta['jax']}, torch {meta['torch']} ({meta['torch_threads']} threads), "
+    out += ["", f"device {meta['device']}; "
+            f"jax {meta['jax']}, torch {meta['torch']} ({meta['torch_threads']} threads), "
             f"{meta['cpus']} CPUs; {meta['rounds']} rounds x {meta['steps_per_round']} steps, "
             f"medians. jnp.dot 2048x2048 float32: {peaks[0]} / {peaks[1]} GFLOP/s at the "
             f"start / end (the % column uses the larger). Other processes kept "
@@ -327,7 +339,19 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~2-3 min)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--only", help="run only configs whose name contains this")
+    parser.add_argument("--gpu", action="store_true",
+                        help="torch on cuda (cuDNN) against JAX's GPU backend")
     args = parser.parse_args(argv)
+    global TORCH_DEVICE
+    if args.gpu:
+        if not torch.cuda.is_available() or jax.default_backend() != "gpu":
+            sys.exit(f"--gpu: torch sees cuda: {torch.cuda.is_available()}, "
+                     f"jax backend: {jax.default_backend()}")
+        TORCH_DEVICE = torch.device("cuda")
+        # Both frameworks in true float32 (TF32 is torch's cuDNN default, and JAX's on GPU
+        # unless JAX_DEFAULT_MATMUL_PRECISION=float32, which gpu.sh sets).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(os.cpu_count())
     rounds, calls = (5, 1) if args.quick else (7, 3)
     length = 256 if args.quick else 512
@@ -349,8 +373,8 @@ def main(argv=None):
                 }, B * T, rounds, calls, 3 * forward_flops(cell, hidden, B, T), log)
     if wanted("eval lstm-256"):
         results += measure("eval lstm-256", {
-            "lstm_fn": lambda: make_jax_eval("lstm", 256),
-            "lstm_fn bptt forward": lambda: make_jax_eval("lstm", 256, "bptt"),
+            "lstm_fn evaluate": lambda: make_jax_eval("lstm", 256, "bptt"),
+            "lstm_fn plain scan": lambda: make_jax_eval("lstm", 256),
             "torch": lambda: make_torch_eval("lstm", 256)},
                            B * T, rounds, 2 * calls, forward_flops("lstm", 256, B, T), log)
     for batch in (1, 64):
@@ -365,6 +389,7 @@ def main(argv=None):
         if "gflops" in row:
             row["peak_fraction"] = row["gflops"] / max(peaks)
     meta = {"jax": jax.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
+            "device": str(jax.devices()[0].device_kind),
             "torch_threads": torch.get_num_threads(), "quick": args.quick, "rounds": rounds,
             "steps_per_round": calls, "sample_length": length, "B": B, "T": T, "E": E, "V": V,
             "layers": LAYERS, "matmul_peak_gflops": [round(p) for p in peaks],
