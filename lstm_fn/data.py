@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_fn.vocab import CorpusError, Vocab, check_encoding
+from lstm_fn.vocab import CorpusError, Vocab, check_encoding  # noqa: F401 (re-exported)
 from reference_numpy.atomic import atomic_write
 
 BINARY_SNIFF_BYTES = 64 * 1024

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lstm_fn.cells import get_cell, init_layer, zero_state
+from lstm_fn.cells import init_layer, zero_state
 from lstm_fn.scan import layer_scan
 from reference_numpy import spec
 

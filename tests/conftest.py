@@ -1,5 +1,7 @@
 """Shared test set-up: exact float32 matmuls, tolerances stated once, small problems."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -39,3 +41,36 @@ def compilation_cache(tmp_path_factory):
 
     path = os.environ.setdefault("LSTM_FN_CACHE", str(tmp_path_factory.mktemp("jax-cache")))
     return path
+
+
+# A tiny model for CLI tests: a training step takes a few milliseconds on a CPU.
+TINY = ["--cell", "lstm", "--embed-size", "8", "--hidden-size", "32", "--layers", "2",
+        "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
+
+
+def corpus_text(seed=0, n=6000, alphabet="abcdefgh \n.,"):
+    """A small corpus with structure a tiny model can pick up (repeated words)."""
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list(alphabet[:8]), size=rng.integers(2, 6))) for _ in range(30)]
+    text = []
+    while sum(map(len, text)) < n:
+        text.append(" ".join(rng.choice(words, size=8)) + rng.choice([".\n", ",\n"]))
+    return "".join(text)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(corpus_text(), encoding="utf-8")
+    return path
+
+
+def lstm_fn_command(*args) -> list[str]:
+    """The real console command, as a subprocess argument list."""
+    return [sys.executable, "-m", "lstm_fn.cli", *map(str, args)]
+
+
+def lstm_fn(*args, timeout=300, **kwargs):
+    """Run the real console command in a subprocess; text output captured."""
+    return subprocess.run(lstm_fn_command(*args), text=True, capture_output=True,
+                          timeout=timeout, **kwargs)

@@ -12,7 +12,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,28 +22,7 @@ from click.testing import CliRunner
 
 from lstm_fn.cli import cli
 from reference_numpy.weights import read_weights
-
-# The tiny model of tests/test_pipeline.py: a step takes a few milliseconds on a CPU.
-TINY = ["--cell", "lstm", "--embed-size", "8", "--hidden-size", "32", "--layers", "2",
-        "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
-
-
-def corpus_text(seed=0, n=6000, alphabet="abcdefgh \n.,"):
-    """A small corpus with structure a tiny model can pick up (repeated words)."""
-    rng = np.random.default_rng(seed)
-    words = ["".join(rng.choice(list(alphabet[:8]), size=rng.integers(2, 6))) for _ in range(30)]
-    text = []
-    while sum(map(len, text)) < n:
-        text.append(" ".join(rng.choice(words, size=8)) + rng.choice([".\n", ",\n"]))
-    return "".join(text)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text(corpus_text(), encoding="utf-8")
-    return path
-
+from conftest import TINY, lstm_fn, lstm_fn_command
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -53,22 +31,12 @@ def env(tmp_path_factory):
     return {**os.environ, "LSTM_FN_CACHE": cache}
 
 
-def command(*args):
-    return [sys.executable, "-m", "lstm_fn.cli", *map(str, args)]
-
-
-def lstm_fn(*args, env, timeout=300):
-    """Run the real console command in a subprocess."""
-    return subprocess.run(command(*args), text=True, capture_output=True, timeout=timeout,
-                          env=env)
-
-
 class Child:
     """The console command in a subprocess, its stderr lines collected with time stamps."""
 
     def __init__(self, args, env):
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(command(*args), env=env, text=True,
+        self.proc = subprocess.Popen(lstm_fn_command(*args), env=env, text=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.lines = []  # (seconds since start, line)
         self.reader = threading.Thread(target=self._read, daemon=True)

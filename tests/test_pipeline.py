@@ -5,9 +5,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,34 +13,8 @@ from click.testing import CliRunner
 
 import reference_numpy as ref
 from lstm_fn.cli import cli
+from conftest import TINY, corpus_text, lstm_fn, lstm_fn_command
 from reference_numpy.weights import read_weights
-
-TINY = ["--cell", "lstm", "--embed-size", "8", "--hidden-size", "32", "--layers", "2",
-        "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
-
-
-def corpus_text(seed=0, n=6000, alphabet="abcdefgh \n.,"):
-    """A small corpus with structure a tiny model can pick up (repeated words)."""
-    rng = np.random.default_rng(seed)
-    words = ["".join(rng.choice(list(alphabet[:8]), size=rng.integers(2, 6))) for _ in range(30)]
-    text = []
-    while sum(map(len, text)) < n:
-        text.append(" ".join(rng.choice(words, size=8)) + rng.choice([".\n", ",\n"]))
-    return "".join(text)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
-    path.write_text(corpus_text(), encoding="utf-8")
-    return path
-
-
-def lstm_fn(*args, timeout=300, **kwargs):
-    """Run the real console command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "lstm_fn.cli", *map(str, args)], text=True,
-                          capture_output=True, timeout=timeout, **kwargs)
-
 
 @pytest.mark.parametrize("command", ["pretrain", "fine-tune", "sample", "eval", "info", "plot",
                                      "gradcheck", "gradnorms"])
@@ -134,8 +106,7 @@ def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
     assert straight.returncode == 0, straight.stderr
 
     work = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "lstm_fn.cli",
-                             *map(str, run_args(corpus, work, 400))],
+    proc = subprocess.Popen(lstm_fn_command(*run_args(corpus, work, 400)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (work / "run" / "checkpoints" / "00000100").exists():
@@ -156,7 +127,7 @@ def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
 @pytest.mark.slow
 def test_sigterm_checkpoints_then_resume_finishes(corpus, tmp_path):
     args = run_args(corpus, tmp_path, 100000, eval_every=1000)
-    proc = subprocess.Popen([sys.executable, "-m", "lstm_fn.cli", *map(str, args)],
+    proc = subprocess.Popen(lstm_fn_command(*args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (tmp_path / "run" / "checkpoints" / "00000050").exists():
