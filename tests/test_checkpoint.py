@@ -1,6 +1,8 @@
 """Checkpoint round trip, pruning, damage fallback, foreign folders and a real kill -9."""
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,6 +64,11 @@ def damage(path: Path, how: str) -> None:
     if how == "garble_meta":
         (path / "meta" / "metadata").write_text('{"format": 1, "dig')
         return
+    if how == "forge_digest":  # the data reads back fine but is not what was saved
+        meta = json.loads((path / "meta" / "metadata").read_text())
+        meta["digest"] = "0" * len(meta["digest"])
+        (path / "meta" / "metadata").write_text(json.dumps(meta))
+        return
     files = [p for p in path.rglob("*") if p.is_file()]
     if how == "flip_bytes":  # inside array data, where orbax itself checks nothing
         files = [p for p in files if p.parent.name == "d"]
@@ -106,9 +113,12 @@ def test_keeps_newest_n(tmp_path):
     assert checkpoint.latest_step(tmp_path) == 5
 
 
+# Flipped bytes inside array data either decode to wrong values, which only the digest
+# catches, or break tensorstore's decoding of a chunk: both must fall back.
 @pytest.mark.parametrize("how, reason", [("truncate", ""), ("remove_item", "state"),
                                          ("garble_meta", "JSONDecodeError"),
-                                         ("flip_bytes", "digest mismatch")])
+                                         ("forge_digest", "digest mismatch"),
+                                         ("flip_bytes", "digest mismatch|error while reading")])
 def test_damaged_newest_falls_back_and_reports(tmp_path, how, reason):
     save_steps(tmp_path, [1, 2])
     damage(step_dir(tmp_path, 2), how)
@@ -116,7 +126,7 @@ def test_damaged_newest_falls_back_and_reports(tmp_path, how, reason):
     assert got.step == 1
     assert_bitwise_equal(got.state, make_state(1))
     [(skipped_step, why)] = got.skipped
-    assert skipped_step == 2 and reason in why and "\n" not in why
+    assert skipped_step == 2 and re.search(reason, why) and "\n" not in why
 
 
 def test_all_damaged_raises(tmp_path):
