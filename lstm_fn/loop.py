@@ -219,7 +219,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                     _show_sample(state["params"], cfg, vocab, train_ids, tcfg, step)
                 if step % tcfg.checkpoint_every == 0:
                     save_checkpoint()
-            if status != "nonfinite" and (not losses or run_eval()):
+            if status == "done" and losses:  # an interrupted run stops at once instead
+                run_eval()
+            if status != "nonfinite":
                 save_checkpoint()
         progress.newline()
         metrics_file.close()
