@@ -379,7 +379,8 @@ def test_sigint_checkpoints_exits_130_then_resume_works(corpus, env, tmp_path):
     assert "interrupted at step" in child.stderr and "--resume" in child.stderr
     stopped = int(child.stderr.split("interrupted at step ")[1].split(":")[0])
     assert checkpoint_steps(tmp_path / "run") == [stopped]  # the final checkpoint, only
-    read_weights(tmp_path / "model.json")  # the evaluation before stopping exported it
+    # Stopping is prompt: no evaluation, so no export before the first --eval-every.
+    assert not (tmp_path / "model.json").exists()
 
     resumed = lstm_fn(*args(stopped + 5), "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
