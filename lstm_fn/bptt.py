@@ -1,8 +1,9 @@
 """Hand-written backpropagation through time: the recurrence as a ``jax.custom_vjp``.
 
 The twin of :mod:`reference_numpy.cells` in JAX, and the fast path of training
-(``TrainConfig(gradients="manual")``). Only the math differs per cell (:data:`MATH`); the
-scans and the weight gradients are written once:
+(``TrainConfig(gradients="manual")``). Only the math differs per cell (:data:`MATH`: the
+cells' own forward from :mod:`lstm_fn.cells`, and a backward here); the scans and the
+weight gradients are written once:
 
 - forward: ``gx_t = x_t @ w_x`` for all steps at once (one matmul), then a ``lax.scan``
   whose step adds ``b_x``, computes ``gh_t = h_{t-1} @ w_h + b_h`` and the cell, and stacks
@@ -32,27 +33,17 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from lstm_fn.cells import HiddenState, LSTMState
+from lstm_fn.cells import CELLS, HiddenState, LSTMState, split_gates
 from lstm_fn.model import ModelConfig
 from reference_numpy import spec
 
 
-def _split(cell: str, a: jax.Array) -> list[jax.Array]:
-    """``[.., G*H]`` -> G blocks ``[.., H]`` in spec gate order."""
-    return jnp.split(a, spec.num_gates(cell), axis=-1)
-
-
 # -------------------------------------------------------------------------- per-cell math
-# forward(carry, gx, gh) -> (carry', h', saved):  gx, gh [B, G*H] with biases; saved: a tuple
-#   of [B, .] arrays stacked over time for the backward.
+# forward: lstm_fn.cells (rnn|lstm|gru)_forward(carry, gx, gh) -> (carry', h', saved); the
+#   scan stacks ``saved`` over time for the backward.
 # backward(saved, h_prev, h, dcarry) -> (dcarry_prev, dgx, dgh):  dcarry holds the *total*
 #   dL/d carry' (``h`` from the layer above and from step t+1); dcarry_prev leaves out the
 #   path through ``gh = h_prev @ w_h``, which the caller adds; dgh None means dgh == dgx.
-
-
-def _rnn_forward(carry, gx, gh):
-    h = jnp.tanh(gx + gh)
-    return HiddenState(h), h, ()
 
 
 def _rnn_backward(saved, h_prev, h, dcarry):
@@ -60,17 +51,9 @@ def _rnn_backward(saved, h_prev, h, dcarry):
     return HiddenState(jnp.zeros_like(h_prev)), da, None
 
 
-def _lstm_forward(carry, gx, gh):
-    i, f, g, o = _split("lstm", gx + gh)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-    c = f * carry.c + i * g
-    h = o * jnp.tanh(c)
-    return LSTMState(h, c), h, (jnp.concatenate([i, f, g, o], axis=-1), carry.c)
-
-
 def _lstm_backward(saved, h_prev, h, dcarry):
     gates, c_prev = saved  # [B, 4H], [B, H]
-    i, f, g, o = _split("lstm", gates)
+    i, f, g, o = split_gates("lstm", gates)
     tanh_c = jnp.tanh(f * c_prev + i * g)  # recomputed: cheaper than stacking it
     dc = dcarry.c + dcarry.h * o * (1.0 - tanh_c * tanh_c)  # h' = o * tanh(c')
     da = jnp.concatenate([
@@ -80,16 +63,6 @@ def _lstm_backward(saved, h_prev, h, dcarry):
         dcarry.h * tanh_c * o * (1.0 - o),
     ], axis=-1)  # [B, 4H]
     return LSTMState(jnp.zeros_like(h_prev), dc * f), da, None
-
-
-def _gru_forward(carry, gx, gh):
-    x_r, x_z, x_n = _split("gru", gx)
-    h_r, h_z, h_n = _split("gru", gh)
-    r = jax.nn.sigmoid(x_r + h_r)
-    z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)  # reset after the hidden matmul (PyTorch's variant)
-    h = (1.0 - z) * n + z * carry.h
-    return HiddenState(h), h, (r, z, n, h_n)
 
 
 def _gru_backward(saved, h_prev, h, dcarry):
@@ -114,9 +87,9 @@ class CellMath(NamedTuple):
 
 
 MATH: dict[str, CellMath] = {
-    "rnn": CellMath(_rnn_forward, _rnn_backward, prefetch=False),
-    "lstm": CellMath(_lstm_forward, _lstm_backward, prefetch=True),
-    "gru": CellMath(_gru_forward, _gru_backward, prefetch=False),
+    "rnn": CellMath(CELLS["rnn"].forward, _rnn_backward, prefetch=False),
+    "lstm": CellMath(CELLS["lstm"].forward, _lstm_backward, prefetch=True),
+    "gru": CellMath(CELLS["gru"].forward, _gru_backward, prefetch=False),
 }
 assert set(MATH) == set(spec.CELLS)
 

@@ -34,49 +34,61 @@ class LSTMState(NamedTuple):
     c: jax.Array  # [B, H]
 
 
-def _gates(cell: str, a: jax.Array) -> dict[str, jax.Array]:
-    """Split ``[.., G*H]`` pre-activations into named ``[.., H]`` blocks in spec order."""
-    return dict(zip(spec.GATES[cell], jnp.split(a, spec.num_gates(cell), axis=-1)))
+def split_gates(cell: str, a: jax.Array) -> list[jax.Array]:
+    """``[.., G*H]`` -> the G gate blocks ``[.., H]`` in spec order."""
+    return jnp.split(a, spec.num_gates(cell), axis=-1)
 
 
-def rnn_step(p: dict, carry: HiddenState, gx: jax.Array) -> tuple[HiddenState, jax.Array]:
-    """Elman step: ``h' = tanh(gx + h @ w_h + b_h)``."""
-    h = jnp.tanh(gx + carry.h @ p["w_h"] + p["b_h"])
-    return HiddenState(h), h
+# forward(carry, gx, gh) -> (carry', h', saved): the math of one step given both projections
+# with their biases, gx = x @ w_x + b_x and gh = h @ w_h + b_h, each [B, G*H]. ``saved`` is
+# what the hand-written backward of lstm_fn.bptt needs; the plain step drops it.
 
 
-def lstm_step(p: dict, carry: LSTMState, gx: jax.Array) -> tuple[LSTMState, jax.Array]:
-    """LSTM step, gates i, f, g, o:
-    ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``, ``h' = sigmoid(o) * tanh(c')``."""
-    a = _gates("lstm", gx + carry.h @ p["w_h"] + p["b_h"])
-    c = jax.nn.sigmoid(a["f"]) * carry.c + jax.nn.sigmoid(a["i"]) * jnp.tanh(a["g"])
-    h = jax.nn.sigmoid(a["o"]) * jnp.tanh(c)
-    return LSTMState(h, c), h
+def rnn_forward(carry: HiddenState, gx: jax.Array, gh: jax.Array):
+    """Elman: ``h' = tanh(gx + gh)``."""
+    h = jnp.tanh(gx + gh)
+    return HiddenState(h), h, ()
 
 
-def gru_step(p: dict, carry: HiddenState, gx: jax.Array) -> tuple[HiddenState, jax.Array]:
-    """GRU step (PyTorch variant, reset applied after the hidden matmul), gates r, z, n:
-    ``n = tanh(gx_n + r * (h w_hn + b_hn))``, ``h' = (1 - z) * n + z * h``."""
-    x = _gates("gru", gx)
-    hh = _gates("gru", carry.h @ p["w_h"] + p["b_h"])
-    r = jax.nn.sigmoid(x["r"] + hh["r"])
-    z = jax.nn.sigmoid(x["z"] + hh["z"])
-    n = jnp.tanh(x["n"] + r * hh["n"])
+def lstm_forward(carry: LSTMState, gx: jax.Array, gh: jax.Array):
+    """LSTM, gates i, f, g, o of ``a = gx + gh``:
+    ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``, ``h' = sigmoid(o) * tanh(c')``.
+    Saves the activated gates ``[B, 4H]`` and ``c``."""
+    i, f, g, o = split_gates("lstm", gx + gh)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * carry.c + i * g
+    h = o * jnp.tanh(c)
+    return LSTMState(h, c), h, (jnp.concatenate([i, f, g, o], axis=-1), carry.c)
+
+
+def gru_forward(carry: HiddenState, gx: jax.Array, gh: jax.Array):
+    """GRU (PyTorch's variant, reset applied after the hidden matmul), gates r, z, n:
+    ``n = tanh(gx_n + r * gh_n)``, ``h' = (1 - z) * n + z * h``. Saves ``r, z, n, gh_n``."""
+    x_r, x_z, x_n = split_gates("gru", gx)
+    h_r, h_z, h_n = split_gates("gru", gh)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
     h = (1.0 - z) * n + z * carry.h
-    return HiddenState(h), h
+    return HiddenState(h), h, (r, z, n, h_n)
 
 
 class Cell(NamedTuple):
-    """A registry entry: the step function and the carry type of one cell."""
+    """A registry entry: the step math and the carry type of one cell."""
 
-    step: Callable
+    forward: Callable
     state: type
+
+    def step(self, p: dict, carry, gx: jax.Array):
+        """``step(p, carry, gx) -> (carry, h)``: the recurrent product, then the math."""
+        carry, h, _ = self.forward(carry, gx, carry.h @ p["w_h"] + p["b_h"])
+        return carry, h
 
 
 CELLS: dict[str, Cell] = {
-    "rnn": Cell(rnn_step, HiddenState),
-    "lstm": Cell(lstm_step, LSTMState),
-    "gru": Cell(gru_step, HiddenState),
+    "rnn": Cell(rnn_forward, HiddenState),
+    "lstm": Cell(lstm_forward, LSTMState),
+    "gru": Cell(gru_forward, HiddenState),
 }
 assert all(CELLS[name].state._fields == spec.CARRY[name] for name in spec.CELLS)
 
