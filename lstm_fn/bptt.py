@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from lstm_fn.cells import CELLS, HiddenState, LSTMState, split_gates
+from lstm_fn.cells import CELLS, HiddenState, LSTMState, lowered, matmul, split_gates
 from lstm_fn.model import ModelConfig
 from reference_numpy import spec
 
@@ -123,29 +123,38 @@ def _scan(step: Callable, carry, xs, *, reverse: bool = False, prefetch: bool = 
     return carry, ys
 
 
-def _forward(cell: str, p: dict, gxs: jax.Array, carry, save: bool):
+def _forward(cell: str, p: dict, gxs: jax.Array, carry, save: bool, precision: str):
     """Forward scan over ``gxs = xs @ w_x`` (no bias); with ``save``, also the cell's
     residuals stacked over T."""
     math = MATH[cell]
+    w_h = lowered(p["w_h"], precision)
 
     def step(carry, gx):
-        carry, h, saved = math.forward(carry, gx + p["b_x"], carry.h @ p["w_h"] + p["b_h"])
+        gh = matmul(carry.h, w_h, precision) + p["b_h"]
+        carry, h, saved = math.forward(carry, gx + p["b_x"], gh)
         return carry, (h, saved) if save else h
 
     return _scan(step, carry, gxs, prefetch=math.prefetch)
 
 
-def _sum_outer(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``sum_t a_t^T b_t`` for ``a [T, B, I]``, ``b [T, B, G]``: one 2-D ``[T*B, I]^T x
-    [T*B, G]`` matmul. Written on 2-D views because ``einsum("tbi,tbg->ig")`` made XLA
-    transpose both ``[T, B, *]`` operands to ``[*, B, T]`` / ``[B, T, *]`` (16 MB copies for
-    the lstm at H=256) and then ran a slower dot: 119 vs 160 GFLOP/s at H=256, 81 vs 123 at
-    H=512 (``[4096, H]^T x [4096, 4H]``, CPU, see ``benchmarks/README.md``)."""
-    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+def _sum_outer(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
+    """``sum_t a_t^T b_t`` for ``a [T, B, I]``, ``b [T, B, G]``, one matmul.
+
+    float32: on 2-D views, ``[T*B, I]^T x [T*B, G]``: ``einsum("tbi,tbg->ig")`` made XLA
+    transpose both operands (16 MB copies for the lstm at H=256) and ran a slower dot (119
+    vs 160 GFLOP/s at H=256, 81 vs 123 at H=512, CPU). bfloat16: the other way round: the
+    2-D form is a dot the CPU's AMX path does not take (~20 ms at H=256, one core), the
+    einsum copies bfloat16 operands into a layout it does take (~8 ms). See
+    ``benchmarks/README.md``."""
+    if precision == "float32":
+        return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+    return jnp.einsum("tbi,tbg->ig", lowered(a, precision), lowered(b, precision),
+                      preferred_element_type=jnp.float32)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(cell: str, p: dict, gxs: jax.Array, carry) -> tuple[jax.Array, tuple]:
+@partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def recurrence(cell: str, p: dict, gxs: jax.Array, carry,
+               precision: str = "float32") -> tuple[jax.Array, tuple]:
     """The recurrent part of a layer, with a hand-written backward.
 
     Args:
@@ -153,37 +162,40 @@ def recurrence(cell: str, p: dict, gxs: jax.Array, carry) -> tuple[jax.Array, tu
       p: ``w_h [H, G*H]``, ``b_x [G*H]``, ``b_h [G*H]`` (``w_x`` is not used here).
       gxs: the input projection ``xs @ w_x`` without its bias, ``[T, B, G*H]``.
       carry: initial state, ``HiddenState(h)`` or ``LSTMState(h, c)``, parts ``[B, H]``.
+      precision: of every matmul's operands, forward and backward: ``"float32"`` or
+        ``"bfloat16"`` (:func:`lstm_fn.cells.matmul`; sums stay float32).
 
     Returns:
       ``(hs [T, B, H], final carry)``.
     """
-    carry, hs = _forward(cell, p, gxs, carry, save=False)
+    carry, hs = _forward(cell, p, gxs, carry, False, precision)
     return hs, carry
 
 
-def _recurrence_fwd(cell, p, gxs, carry):
-    final, (hs, saved) = _forward(cell, p, gxs, carry, save=True)
+def _recurrence_fwd(cell, p, gxs, carry, precision):
+    final, (hs, saved) = _forward(cell, p, gxs, carry, True, precision)
     return (hs, final), (p["w_h"], carry, hs, saved)
 
 
-def _recurrence_bwd(cell, residuals, cotangents):
+def _recurrence_bwd(cell, precision, residuals, cotangents):
     w_h, carry, hs, saved = residuals
     dhs, dfinal = cotangents  # [T, B, H], carry of [B, H]
     math = MATH[cell]
     h_prevs = jnp.concatenate([carry.h[None], hs[:-1]])  # [T, B, H]
-    w_h_t = w_h.T  # [G*H, H]
+    w_h_t = lowered(w_h, precision).T  # [G*H, H]
 
     def step(dcarry, inputs):
         saved_t, h_prev, h, dh_above = inputs
         dcarry = dcarry._replace(h=dcarry.h + dh_above)
         dprev, dgx, dgh = math.backward(saved_t, h_prev, h, dcarry)
-        dprev = dprev._replace(h=dprev.h + (dgx if dgh is None else dgh) @ w_h_t)
+        dprev = dprev._replace(
+            h=dprev.h + matmul(dgx if dgh is None else dgh, w_h_t, precision))
         return dprev, (dgx if dgh is None else (dgx, dgh))
 
     dcarry, out = _scan(step, dfinal, (saved, h_prevs, hs, dhs), reverse=True,
                         prefetch=math.prefetch)
     dgxs, dghs = out if isinstance(out, tuple) else (out, out)  # [T, B, G*H] each
-    grads = {"w_h": _sum_outer(h_prevs, dghs),
+    grads = {"w_h": _sum_outer(h_prevs, dghs, precision),
              "b_x": dgxs.sum(axis=(0, 1)), "b_h": dghs.sum(axis=(0, 1))}
     return grads, dgxs, dcarry
 
@@ -195,27 +207,28 @@ def _recurrent_params(p: dict) -> dict:
     return {k: p[k] for k in ("w_h", "b_x", "b_h")}
 
 
-@jax.custom_vjp
-def project(xs: jax.Array, w_x: jax.Array) -> jax.Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(xs: jax.Array, w_x: jax.Array, precision: str = "float32") -> jax.Array:
     """``xs [T, B, In] @ w_x [In, G*H]``; backward ``dxs = dgx @ w_x^T`` and
     ``dw_x = sum_t xs_t^T dgx_t``, one matmul each (written out: the products JAX derives
     by itself ran as a slow generic dot plus a transpose on CPU)."""
-    return xs @ w_x
+    return matmul(xs, w_x, precision)
 
 
-def _project_fwd(xs, w_x):
-    return xs @ w_x, (xs, w_x)
+def _project_fwd(xs, w_x, precision):
+    return matmul(xs, w_x, precision), (xs, w_x)
 
 
-def _project_bwd(residuals, dgxs):
+def _project_bwd(precision, residuals, dgxs):
     xs, w_x = residuals
-    return dgxs @ w_x.T, _sum_outer(xs, dgxs)
+    return matmul(dgxs, w_x.T, precision), _sum_outer(xs, dgxs, precision)
 
 
 project.defvjp(_project_fwd, _project_bwd)
 
 
-def manual_layer(cell: str, p: dict, xs: jax.Array, carry) -> tuple[jax.Array, tuple]:
+def manual_layer(cell: str, p: dict, xs: jax.Array, carry,
+                 precision: str = "float32") -> tuple[jax.Array, tuple]:
     """One layer over time, same values as :func:`lstm_fn.scan.layer_scan`, differentiated
     through :func:`recurrence`.
 
@@ -223,18 +236,21 @@ def manual_layer(cell: str, p: dict, xs: jax.Array, carry) -> tuple[jax.Array, t
       p: layer params ``w_x [In, G*H]``, ``w_h [H, G*H]``, ``b_x``, ``b_h [G*H]``.
       xs: inputs ``[T, B, In]`` (time-major).
       carry: initial state, parts ``[B, H]``.
+      precision: of the matmuls' operands (see :func:`recurrence`).
 
     Returns:
       ``(hs [T, B, H], final carry)``.
     """
-    return recurrence(cell, _recurrent_params(p), project(xs, p["w_x"]), carry)
+    gxs = project(xs, p["w_x"], precision)
+    return recurrence(cell, _recurrent_params(p), gxs, carry, precision)
 
 
 # ------------------------------------------------------------------------ the model
 
 
 def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
-                 masks: list[jax.Array] | None = None) -> tuple[jax.Array, tuple]:
+                 masks: list[jax.Array] | None = None,
+                 precision: str = "float32") -> tuple[jax.Array, tuple]:
     """The stacked layers on token ids; no ``ModelConfig`` needed.
 
     The first layer's projection ``embed[tokens] @ w_x`` is read from the ``[V, G*H]``
@@ -247,20 +263,21 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
       tokens: int ``[B, T]``.
       carry: one state per layer, parts ``[B, H]``.
       masks: optional dropout masks, one ``[B, T, H]`` per layer, multiplying its output.
+      precision: of the matmuls' operands (see :func:`recurrence`).
 
     Returns:
       ``(top layer's outputs [T, B, H], tuple of final states)``.
     """
     embed, w_x = params["embed"], params["layers"][0]["w_x"]
     if embed.shape[0] <= tokens.size:
-        gxs = (embed @ w_x)[tokens.T]  # [T, B, G*H]
+        gxs = matmul(embed, w_x, precision)[tokens.T]  # [T, B, G*H]
     else:
-        gxs = project(embed[tokens.T], w_x)
+        gxs = project(embed[tokens.T], w_x, precision)
     new_carry = []
     for l, p in enumerate(params["layers"]):
         if l > 0:
-            gxs = project(xs, p["w_x"])
-        xs, c = recurrence(cell, _recurrent_params(p), gxs, carry[l])  # xs: [T, B, H]
+            gxs = project(xs, p["w_x"], precision)
+        xs, c = recurrence(cell, _recurrent_params(p), gxs, carry[l], precision)  # [T, B, H]
         if masks is not None:
             xs = xs * jnp.swapaxes(masks[l], 0, 1)
         new_carry.append(c)
@@ -269,7 +286,7 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
 
 def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tuple,
                 masks: list[jax.Array] | None = None, *, cfg: ModelConfig,
-                mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+                mask: jax.Array | None = None, precision: str = "float32") -> tuple[jax.Array, tuple]:
     """:func:`lstm_fn.model.loss` with the hand-written backward of the recurrences.
 
     Args:
@@ -279,12 +296,13 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tupl
       masks: optional dropout masks, one ``[B, T, H]`` per layer.
       cfg: the architecture (only ``cell`` is read; shapes come from ``params``).
       mask: optional float ``[B, T]`` weights of each position.
+      precision: of the matmuls' operands (see :func:`recurrence`).
 
     Returns:
       ``(mean cross-entropy in nats per character, final carry)``.
     """
-    top, carry = manual_apply(params, cfg.cell, inputs, carry, masks)
-    logits = jnp.swapaxes(top, 0, 1) @ params["head"]["w"] + params["head"]["b"]  # [B, T, V]
+    top, carry = manual_apply(params, cfg.cell, inputs, carry, masks, precision)
+    logits = matmul(jnp.swapaxes(top, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
     if mask is None:
         return nll.mean(), carry

@@ -34,6 +34,26 @@ class LSTMState(NamedTuple):
     c: jax.Array  # [B, H]
 
 
+def lowered(w: jax.Array, precision: str) -> jax.Array:
+    """``w`` as a matmul operand: unchanged for ``"float32"`` (full precision, whatever the
+    params' dtype), rounded to bfloat16 for ``"bfloat16"``. Weights are cast once, outside a
+    scan, with this."""
+    if precision not in spec.MATMUL_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(spec.MATMUL_PRECISIONS)}, "
+                         f"got {precision!r}")
+    return w if precision == "float32" else w.astype(jnp.bfloat16)
+
+
+def matmul(a: jax.Array, b: jax.Array, precision: str = "float32") -> jax.Array:
+    """``a @ b``. With ``"bfloat16"`` both operands are rounded to bfloat16 and the products
+    summed in float32 (the result is float32): on CPUs with AMX and on GPUs' tensor cores
+    such a matmul runs several times faster; the params and all other math stay float32."""
+    if precision == "float32":
+        return a @ b
+    return jnp.matmul(lowered(a, precision), lowered(b, precision),
+                      preferred_element_type=jnp.float32)
+
+
 def split_gates(cell: str, a: jax.Array) -> list[jax.Array]:
     """``[.., G*H]`` -> the G gate blocks ``[.., H]`` in spec order."""
     return jnp.split(a, spec.num_gates(cell), axis=-1)
@@ -79,9 +99,10 @@ class Cell(NamedTuple):
     forward: Callable
     state: type
 
-    def step(self, p: dict, carry, gx: jax.Array):
-        """``step(p, carry, gx) -> (carry, h)``: the recurrent product, then the math."""
-        carry, h, _ = self.forward(carry, gx, carry.h @ p["w_h"] + p["b_h"])
+    def step(self, p: dict, carry, gx: jax.Array, precision: str = "float32"):
+        """``step(p, carry, gx) -> (carry, h)``: the recurrent product (in ``precision``, see
+        :func:`matmul`), then the math."""
+        carry, h, _ = self.forward(carry, gx, matmul(carry.h, p["w_h"], precision) + p["b_h"])
         return carry, h
 
 

@@ -39,6 +39,9 @@ TRAIN_HELP = {
     "test_fraction": ("--test-fraction", "Share held out for the final test."),
     "vocab": ("--vocab", "chars (distinct characters) or bytes (256 byte values)."),
     "gradients": ("--gradients", "autodiff (jax.grad) or manual (hand-written BPTT)."),
+    "matmul_precision": ("--matmul-precision",
+                         "float32, or bfloat16 operands with float32 sums (faster on AMX CPUs "
+                         "and GPUs)."),
     "freeze": ("--freeze", "Keep a part fixed: embed, head or a layer number (repeatable)."),
     "seed": ("--seed", "Random seed (init, dropout, samples)."),
 }

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lstm_fn.cells import init_layer, zero_state
+from lstm_fn.cells import init_layer, matmul, zero_state
 from lstm_fn.scan import layer_scan
 from reference_numpy import spec
 
@@ -98,7 +98,8 @@ def dropout_masks(key: jax.Array, cfg: ModelConfig, batch_size: int, seq_len: in
 
 
 def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None = None,
-          *, dropout_masks: list[jax.Array] | None = None) -> tuple[jax.Array, tuple]:
+          *, dropout_masks: list[jax.Array] | None = None,
+          precision: str = "float32") -> tuple[jax.Array, tuple]:
     """Logits for every position and the carry after the last one.
 
     Args:
@@ -107,6 +108,8 @@ def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None
       tokens: int32 ``[B, T]``.
       carry: per-layer states from :func:`initial_state` or a previous call (None: zeros).
       dropout_masks: optional list of ``[B, T, H]`` masks, one per layer (training only).
+      precision: of the matmuls' operands: ``"float32"``, or ``"bfloat16"`` with float32
+        sums (:func:`lstm_fn.cells.matmul`).
 
     Returns:
       ``(logits [B, T, V], carry)``.
@@ -117,27 +120,29 @@ def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None
     xs = params["embed"][tokens.T]  # [T, B, E]: time-major for the scan
     new_carry = []
     for l, p in enumerate(params["layers"]):
-        xs, c = layer_scan(cfg.cell, p, xs, carry[l])  # [T, B, H]
+        xs, c = layer_scan(cfg.cell, p, xs, carry[l], precision)  # [T, B, H]
         if dropout_masks is not None:
             xs = xs * jnp.swapaxes(dropout_masks[l], 0, 1)
         new_carry.append(c)
-    logits = jnp.swapaxes(xs, 0, 1) @ params["head"]["w"] + params["head"]["b"]  # [B, T, V]
+    logits = matmul(jnp.swapaxes(xs, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
     return logits, tuple(new_carry)
 
 
 def loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
          carry: tuple | None = None, *, dropout_masks: list[jax.Array] | None = None,
-         mask: jax.Array | None = None) -> tuple[jax.Array, tuple]:
+         mask: jax.Array | None = None, precision: str = "float32") -> tuple[jax.Array, tuple]:
     """Mean softmax cross-entropy in nats per character, and the carry.
 
     Args:
       tokens, targets: int32 ``[B, T]``; ``targets[b, t]`` is the character after ``tokens[b, t]``.
       mask: optional float ``[B, T]`` weights (0 for padding): ``sum(mask * nll) / sum(mask)``.
+      precision: of the matmuls' operands (see :func:`apply`).
 
     Returns:
       ``(loss scalar, carry)``.
     """
-    logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks)
+    logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks,
+                          precision=precision)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
     if mask is None:
         return nll.mean(), carry

@@ -101,9 +101,10 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
 def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):
     """``(params, inputs, targets, carry, masks) -> (loss, carry)`` for the chosen gradients."""
     if tcfg.gradients == "manual":
-        return partial(manual_loss, cfg=cfg)
+        return partial(manual_loss, cfg=cfg, precision=tcfg.matmul_precision)
     return lambda params, inputs, targets, carry, masks: loss(
-        params, cfg, inputs, targets, carry, dropout_masks=masks)
+        params, cfg, inputs, targets, carry, dropout_masks=masks,
+        precision=tcfg.matmul_precision)
 
 
 @partial(jax.jit, static_argnums=1)

@@ -37,6 +37,9 @@ VERSION = 1
 MODEL_KEYS = ("cell", "vocab_size", "embed_size", "hidden_size", "num_layers")
 LAYER_KEYS = ("w_x", "w_h", "b_x", "b_h")
 ENCODINGS = ("chars", "bytes")
+# Operand precision of the JAX matmuls in training (sums are float32 either way); weights
+# files are float32 whichever was used.
+MATMUL_PRECISIONS = ("float32", "bfloat16")
 
 
 def num_gates(cell: str) -> int:

@@ -20,6 +20,12 @@ from conftest import CELLS
 # Both gradients are exact in float64 and differ only in the order of the same sums
 # (one T*B-row matmul vs T per-step products): measured <= 1e-14; a wrong term is >= 1e-3.
 GRAD_BUDGET = 1e-10
+# bfloat16 matmul operands (float32 sums): each operand is rounded to ~3 significant digits,
+# so gradients move by ~1e-2 (measured here: <= 2.9e-2 from float32, <= 1.8e-2 between
+# manual and autodiff, the rnn the largest); the two round at slightly different points
+# (the autodiff backward rounds the cotangents it multiplies). A missing or wrong term is
+# O(1); bfloat16 not in effect shows as a difference to float32 below 1e-5.
+BF16_BUDGET = 5e-2
 # Two float32 training steps, same data and dropout masks. Adam's first steps move each
 # weight by ~lr * sign(g), so a component whose gradient is float32 rounding noise could
 # move differently; measured max difference <= 1.2e-7 (lr 2e-3); a wrong gradient
@@ -135,6 +141,43 @@ def test_position_mask_matches_model_loss():
         manual = jax.jit(jax.grad(lambda p: manual_loss(p, tokens, targets, carry, masks,
                                                         cfg=cfg, mask=weights)[0]))(params)
     _assert_trees_close(auto, manual, GRAD_BUDGET)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bfloat16_matmuls(cell):
+    """``precision="bfloat16"`` in both implementations: the same loss and gradients up to
+    bfloat16 rounding, close to float32's, and really rounded (not float32 in disguise)."""
+    cfg, params, tokens, targets, carry, masks = jax.tree.map(
+        lambda a: np.asarray(a, np.float32) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+        else a, _problem(cell, 2))
+    carry_weights = _carry_weights(carry)
+
+    def objective(which, precision):
+        def f(p, c):
+            if which == "manual":
+                value, final = manual_loss(p, tokens, targets, c, masks, cfg=cfg,
+                                           precision=precision)
+            else:
+                value, final = M.loss(p, cfg, tokens, targets, c, dropout_masks=masks,
+                                      precision=precision)
+            return value + sum(jnp.sum(w * x) for w, x in
+                               zip(jax.tree.leaves(carry_weights), jax.tree.leaves(final)))
+        return jax.value_and_grad(f, argnums=(0, 1))
+
+    results = jax.jit(lambda p, c: {(w, prec): objective(w, prec)(p, c)
+                                    for w in ("autodiff", "manual")
+                                    for prec in ("float32", "bfloat16")})(params, carry)
+    (value, grads), (reference_value, reference_grads) = (results["manual", "bfloat16"],
+                                                          results["manual", "float32"])
+    auto_value, auto_grads = results["autodiff", "bfloat16"]
+    assert abs(float(value) - float(auto_value)) <= 1e-5 * abs(float(value))
+    _assert_trees_close(auto_grads, grads, BF16_BUDGET)
+    _assert_trees_close(reference_grads, grads, BF16_BUDGET)
+    assert abs(float(value) - float(reference_value)) <= 1e-2 * abs(float(reference_value))
+    rounding = max(relative_error(a, b) for a, b in zip(jax.tree.leaves(reference_grads),
+                                                        jax.tree.leaves(grads)))
+    assert rounding > 1e-5, "bfloat16 operands had no effect"
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
 def test_manual_train_step_equals_autodiff():

@@ -60,11 +60,13 @@ def test_plateau_and_patience():
     assert tracker.out_of_patience and tracker.best == 2.0
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
-def test_each_optimizer_learns(optimizer):
+@pytest.mark.parametrize("optimizer, precision", [
+    ("adam", "float32"), ("adamw", "float32"), ("sgd", "float32"), ("rmsprop", "float32"),
+    ("adam", "bfloat16")])
+def test_each_optimizer_learns(optimizer, precision):
     lr = {"sgd": 0.5, "rmsprop": 3e-3}.get(optimizer, 1e-2)
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=60, optimizer=optimizer,
-                       learning_rate=lr, weight_decay=0.01)
+                       learning_rate=lr, weight_decay=0.01, matmul_precision=precision)
     step = make_train_step(CFG, tcfg, 60)
     state = init_state(lstm_fn.init(jax.random.key(1), CFG), CFG, tcfg)
     data, losses = ids(2000), []
@@ -72,6 +74,7 @@ def test_each_optimizer_learns(optimizer):
         state, metrics = step(state, *train_batch(data, 4, 16, position))
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, (optimizer, losses[::10])
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state["params"]))
 
 
 def test_frozen_parts_do_not_move():
@@ -109,7 +112,9 @@ def test_config_precedence_and_refusals(tmp_path):
     for bad, message in [({"train": {"stepz": 1}}, "train.stepz"),
                          ({"train": {"steps": "10"}}, "train.steps must be int"),
                          ({"train": {"steps": 1, "dropout": 0.1}}, "train.dropout"),
-                         ({"model": {"vocab_size": 3}}, "comes from the corpus")]:
+                         ({"model": {"vocab_size": 3}}, "comes from the corpus"),
+                         ({"train": {"steps": 1, "matmul_precision": "float16"}},
+                          "train.matmul_precision must be one of float32, bfloat16")]:
         with pytest.raises(ConfigError, match=message):
             resolve({"model": {}, "train": {}, **bad}, {}, {}, {"steps": 1})
     assert math.isclose(TrainConfig(steps=1, learning_rate=1).learning_rate, 1.0)
