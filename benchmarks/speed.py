@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from lstm_fn import model as M  # noqa: E402
 from lstm_fn.config import TrainConfig  # noqa: E402
+from lstm_fn.host import reuse_freed_memory  # noqa: E402
 from lstm_fn.train import init_state, make_train_step  # noqa: E402
 from report import format_row, markdown  # noqa: E402
 
@@ -83,9 +84,10 @@ def forward_flops(cell: str, hidden: int, batch: int, steps: int) -> float:
 # Each make_* returns (run(n) -> seconds for n steps, info dict); run(1) is warm.
 
 
-def make_jax_train(cell, hidden, gradients):
+def make_jax_train(cell, hidden, gradients, precision="float32"):
     cfg = M.ModelConfig(cell, V, E, hidden, LAYERS)
-    tcfg = TrainConfig(batch_size=B, seq_len=T, steps=10**6, grad_clip=5.0, gradients=gradients)
+    tcfg = TrainConfig(batch_size=B, seq_len=T, steps=10**6, grad_clip=5.0, gradients=gradients,
+                       matmul_precision=precision)
     state = init_state(M.init(jax.random.key(0), cfg), cfg, tcfg)
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
     reset = jnp.asarray(False)
@@ -132,7 +134,10 @@ def _detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-def make_torch_train(cell, hidden):
+def make_torch_train(cell, hidden, bfloat16=False):
+    """torch's usual step; ``bfloat16``: the forward under ``torch.autocast`` (bfloat16
+    matmuls and recurrent kernels, float32 master weights), the peer of lstm_fn's
+    ``matmul_precision="bfloat16"``."""
     torch.manual_seed(0)
     model = TorchLM(cell, hidden).to(TORCH_DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -142,8 +147,10 @@ def make_torch_train(cell, hidden):
     def run(n):
         t0 = time.perf_counter()
         for _ in range(n):
-            logits, state = model(ids[0], box[0])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[1].reshape(-1))
+            with torch.autocast(TORCH_DEVICE.type, torch.bfloat16, enabled=bfloat16):
+                logits, state = model(ids[0], box[0])
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V),
+                                                     ids[1].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -273,10 +280,11 @@ def measure(name, variants, chars_per_call, rounds, calls, flops=None, log=print
         if flops:
             row["gflops"] = flops * median / chars_per_call / 1e9
         rows.append(row)
-    torch_speed = next((r["chars_per_s"] for r in rows if r["variant"] == "torch"), None)
-    for row in rows:
-        if torch_speed and row["variant"] != "torch":
-            row["vs_torch"] = row["chars_per_s"] / torch_speed
+    speed = {r["variant"]: r["chars_per_s"] for r in rows}
+    for row in rows:  # against torch at the same precision
+        peer = "torch bf16" if row["variant"].endswith("bf16") else "torch"
+        if peer in speed and not row["variant"].startswith("torch"):
+            row["vs_torch"] = row["chars_per_s"] / speed[peer]
         log(format_row(row))
     return rows
 
@@ -286,9 +294,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~2-3 min)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--only", help="run only configs whose name contains this")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default both frameworks run "
+                             "with lstm_fn.host.reuse_freed_memory, as the CLI does)")
     parser.add_argument("--gpu", action="store_true",
                         help="torch on cuda (cuDNN) against JAX's GPU backend")
     args = parser.parse_args(argv)
+    malloc = "glibc default" if args.system_malloc else (
+        "reuse_freed_memory" if reuse_freed_memory() else "default (not glibc)")
     global TORCH_DEVICE
     if args.gpu:
         if not torch.cuda.is_available() or jax.default_backend() != "gpu":
@@ -317,6 +330,9 @@ def main(argv=None):
                     "lstm_fn autodiff": lambda: make_jax_train(cell, hidden, "autodiff"),
                     "lstm_fn manual": lambda: make_jax_train(cell, hidden, "manual"),
                     "torch": lambda: make_torch_train(cell, hidden),
+                    "lstm_fn manual bf16": lambda: make_jax_train(cell, hidden, "manual",
+                                                                  "bfloat16"),
+                    "torch bf16": lambda: make_torch_train(cell, hidden, bfloat16=True),
                 }, B * T, rounds, calls, 3 * forward_flops(cell, hidden, B, T), log)
     if wanted("eval lstm-256"):
         results += measure("eval lstm-256", {
@@ -337,7 +353,8 @@ def main(argv=None):
             row["peak_fraction"] = row["gflops"] / max(peaks)
     meta = {"jax": jax.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
             "device": str(jax.devices()[0].device_kind),
-            "torch_threads": torch.get_num_threads(), "quick": args.quick, "rounds": rounds,
+            "torch_threads": torch.get_num_threads(), "malloc": malloc,
+            "quick": args.quick, "rounds": rounds,
             "steps_per_round": calls, "sample_length": length, "B": B, "T": T, "E": E, "V": V,
             "layers": LAYERS, "matmul_peak_gflops": [round(p) for p in peaks],
             "wall_s": end[0] - start[0],

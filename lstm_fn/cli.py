@@ -234,6 +234,9 @@ def plot(run_dir):
 
 
 def main():
+    from lstm_fn.host import reuse_freed_memory
+
+    reuse_freed_memory()  # before JAX's first computation starts its threads
     _enable_compilation_cache()
     cli(prog_name="lstm-fn")
 
