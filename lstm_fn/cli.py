@@ -234,9 +234,17 @@ def plot(run_dir):
 
 
 def main():
+    import os
+
     from lstm_fn.host import reuse_freed_memory
+    from lstm_fn.parallel import use_cpu_cores
 
     reuse_freed_memory()  # before JAX's first computation starts its threads
+    devices = os.environ.get("LSTM_FN_CPU_DEVICES")
+    if devices:  # and before it fixes its devices
+        if not devices.isdigit() or int(devices) < 1:
+            sys.exit(f"Error: LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}")
+        use_cpu_cores(int(devices))
     _enable_compilation_cache()
     cli(prog_name="lstm-fn")
 

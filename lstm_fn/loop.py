@@ -14,6 +14,7 @@ import numpy as np
 
 from lstm_fn import checkpoint, data
 from lstm_fn.optim import ValTracker
+from lstm_fn.parallel import batch_mesh
 from lstm_fn.train import evaluate, make_train_step
 from lstm_fn.weights import save_weights
 from reference_numpy.atomic import atomic_write
@@ -128,7 +129,10 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             log(f"resumed from checkpoint {restored.step}")
         step = int(state["step"])
         last_ckpt = restored.step if restored is not None else None
-        train_step = make_train_step(cfg, tcfg, total_steps)
+        mesh = batch_mesh(tcfg.batch_size)
+        if mesh is not None:
+            log(f"batch of {tcfg.batch_size} split over {mesh.size} devices")
+        train_step = make_train_step(cfg, tcfg, total_steps, mesh)
         metrics_file = _metrics_log(spec.run_dir / "metrics.jsonl", step)
         progress = Progress(total_steps, tcfg.minutes)
         chars_per_step = tcfg.batch_size * tcfg.seq_len

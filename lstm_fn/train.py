@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lstm_fn import data
+from jax.sharding import Mesh
+
+from lstm_fn import data, parallel
 from lstm_fn.config import TrainConfig
 from lstm_fn.bptt import manual_apply, manual_loss
 from lstm_fn.model import ModelConfig, dropout_masks, initial_state, loss
@@ -63,7 +65,8 @@ def _reset(carry, reset):
     return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
 
 
-def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None):
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None,
+                    mesh: Mesh | None = None):
     """``step(state, inputs, targets, reset) -> (state, metrics)``, jit-compiled, with the
     state's buffers donated (updated in place).
 
@@ -73,17 +76,23 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     direction is applied with ``lr = schedule(step) * lr_scale``. ``metrics`` holds the
     loss, the (unclipped) gradient norm, the learning rate and whether every updated
     parameter is finite (``params_finite``).
+
+    With a ``mesh`` (:func:`lstm_fn.parallel.batch_mesh`), the batch and the carry are split
+    over its devices and everything else is replicated (:func:`lstm_fn.parallel.split_batch`);
+    the state may come in on any device and leaves laid out that way.
     """
     tx = make_optimizer(tcfg)
     schedule = make_schedule(tcfg, total_steps)
     base_key = jax.random.key(tcfg.seed)
-    loss_fn = _loss_function(cfg, tcfg)
+    value_and_grad = jax.value_and_grad(_loss_function(cfg, tcfg), has_aux=True)
+    if mesh is not None:
+        value_and_grad = parallel.split_batch(value_and_grad, mesh)
 
     def step(state, inputs, targets, reset):
         params = state["params"]
         mask = trainable_mask(params, tcfg.freeze)
         masks = dropout_masks(jax.random.fold_in(base_key, state["step"]), cfg, *inputs.shape)
-        (value, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (value, carry), grads = value_and_grad(
             params, inputs, targets, _reset(state["carry"], reset), masks)
         grads = jax.tree.map(jnp.multiply, grads, mask)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -95,7 +104,13 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
         return new_state, {"loss": value, "grad_norm": global_norm(grads), "lr": lr,
                            "params_finite": finite}
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    one, batch = parallel.replicated(mesh), parallel.batch_split(mesh)
+    state_layout = {"params": one, "opt_state": one, "carry": batch, "step": one,
+                    "lr_scale": one}
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_layout, batch, batch, one),
+                   out_shardings=(state_layout, one))
 
 
 def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):
