@@ -2,8 +2,8 @@
 
     python benchmarks/speed.py [--quick] [--json] [--only "train lstm-256"]
 
-Every config runs its variants (lstm_fn autodiff, lstm_fn manual BPTT, torch) in alternating
-rounds, a different order each round, and reports the median over rounds, so slow phases of
+Every config runs its variants (lstm_fn autodiff, lstm_fn manual BPTT, torch; the same two
+in bfloat16; flax when it is installed) in alternating rounds, a different order each round, and reports the median over rounds, so slow phases of
 a shared machine hit all variants alike. Inputs are uniform random ids (speed does not
 depend on the text). Not a test: numbers, not assertions.
 
@@ -107,6 +107,65 @@ def make_jax_train(cell, hidden, gradients, precision="float32"):
     run(1)
     temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
     return run, {"compile_s": compile_s, "xla_temp_mb": temp / 2**20 if temp else None}
+
+
+def make_flax_train(cell, hidden):
+    """The usual flax way to write this model: ``nn.Embed``, ``nn.RNN`` over flax's own cells
+    (``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``), ``nn.Dense``, autodiff, the same
+    optax Adam + clipping, the carry passed between windows."""
+    import optax
+    from flax import linen as nn
+
+    cell_type = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}[cell]
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, ids, carry):
+            x, new_carry = nn.Embed(V, E)(ids), []
+            for l in range(LAYERS):
+                c, x = nn.RNN(cell_type(hidden), return_carry=True)(x, initial_carry=carry[l])
+                new_carry.append(c)
+            return nn.Dense(V)(x), tuple(new_carry)
+
+    model = LM()
+    ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
+    carry = tuple(cell_type(hidden).initialize_carry(jax.random.key(0), (B, E))
+                  for _ in range(LAYERS))
+    params = model.init(jax.random.key(0), ids[0], carry)
+    tx = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(2e-3))
+
+    def loss_fn(params, x, y, carry):
+        logits, carry = model.apply(params, x, carry)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), carry
+
+    def step(params, opt_state, carry, x, y):
+        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, carry)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, carry, loss
+
+    box = [params, tx.init(params), carry]
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*box, ids[0], ids[1]).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run(n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            *state, loss = compiled(*box, ids[0], ids[1])
+            box[:] = state
+        loss.block_until_ready()
+        return time.perf_counter() - t0
+
+    run(1)
+    return run, {"compile_s": compile_s}
+
+
+def have_flax() -> bool:
+    try:
+        import flax.linen  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 TORCH_DEVICE = torch.device("cpu")  # --gpu switches to cuda (cuDNN kernels)
@@ -333,6 +392,7 @@ def main(argv=None):
                     "lstm_fn manual bf16": lambda: make_jax_train(cell, hidden, "manual",
                                                                   "bfloat16"),
                     "torch bf16": lambda: make_torch_train(cell, hidden, bfloat16=True),
+                    **({"flax": lambda: make_flax_train(cell, hidden)} if have_flax() else {}),
                 }, B * T, rounds, calls, 3 * forward_flops(cell, hidden, B, T), log)
     if wanted("eval lstm-256"):
         results += measure("eval lstm-256", {
