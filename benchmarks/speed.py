@@ -2,9 +2,10 @@
 
     python benchmarks/speed.py [--quick] [--json] [--only "train lstm-256"]
 
-Every config runs its variants (lstm_fn autodiff, lstm_fn manual BPTT, torch; the same two
-in bfloat16; flax when it is installed) in alternating rounds, a different order each round, and reports the median over rounds, so slow phases of
-a shared machine hit all variants alike. Inputs are uniform random ids (speed does not
+Every config runs its variants (lstm_fn autodiff, lstm_fn manual BPTT, torch; the last two
+in bfloat16; flax when it is installed) in alternating rounds, a different order each
+round, and reports the median over rounds, so slow phases of a shared machine hit all
+variants alike. Inputs are uniform random ids (speed does not
 depend on the text). Not a test: numbers, not assertions.
 
 Progress goes to stderr, a markdown table (or JSON) to stdout. Columns: chars/s = B*T per

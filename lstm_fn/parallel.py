@@ -50,9 +50,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_split(mesh: Mesh, axis: int = 0) -> NamedSharding:
-    """Split along ``axis`` (the batch) over the mesh."""
-    return NamedSharding(mesh, P(*([None] * axis), AXIS))
+def batch_split(mesh: Mesh) -> NamedSharding:
+    """Split along the first axis (the batch) over the mesh."""
+    return NamedSharding(mesh, P(AXIS))
 
 
 def split_batch(value_and_grad_fn, mesh: Mesh):
