@@ -243,7 +243,9 @@ def main():
     devices = os.environ.get("LSTM_FN_CPU_DEVICES")
     if devices:  # and before it fixes its devices
         if not devices.isdigit() or int(devices) < 1:
-            sys.exit(f"Error: LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}")
+            print(f"Error: LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}",
+                  file=sys.stderr)
+            sys.exit(BadInput.exit_code)
         use_cpu_cores(int(devices))
     _enable_compilation_cache()
     cli(prog_name="lstm-fn")

@@ -84,5 +84,5 @@ def test_cli_run_split_over_two_devices_resumes_exactly(corpus, tmp_path):
 
 def test_cli_refuses_a_bad_device_count():
     result = lstm_fn("info", "--help", env={**os.environ, "LSTM_FN_CPU_DEVICES": "two"})
-    assert result.returncode != 0 and "LSTM_FN_CPU_DEVICES" in result.stderr
+    assert result.returncode == 2 and "LSTM_FN_CPU_DEVICES" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
