@@ -48,7 +48,8 @@ def markdown(results: list[dict], meta: dict) -> str:
     peaks = meta["matmul_peak_gflops"]
     out += ["", f"device {meta['device']}; "
             f"jax {meta['jax']}, torch {meta['torch']} ({meta['torch_threads']} threads), "
-            f"{meta['cpus']} CPUs; {meta['rounds']} rounds x {meta['steps_per_round']} steps, "
+            f"{meta['cpus']} CPUs; malloc: {meta['malloc']}; "
+            f"{meta['rounds']} rounds x {meta['steps_per_round']} steps, "
             f"medians. jnp.dot 2048x2048 float32: {peaks[0]} / {peaks[1]} GFLOP/s at the "
             f"start / end (the % column uses the larger). Other processes kept "
             f"{max(0.0, meta['other_load_cpus']):.2f} of {meta['cpus']} CPUs busy during the run."]
