@@ -98,8 +98,9 @@ def gradnorms(steps, num_layers, hidden_size, seed):
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False), default="model.json",
-              help="Where the best model is written as JSON weights.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where the best model is written as JSON weights [default: model.json; "
+                   "on --resume, the run's own].")
 @run_options
 def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
     """Train a model from scratch on CORPUS.
@@ -107,14 +108,16 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
     CORPUS is a text file, a file name under --data-dir, 'tinyshakespeare' (fetched once and
     verified), or nothing for the built-in offline corpus (Python's own documentation text).
     """
-    run_command(corpus, config_path, run_dir, out, resume, data_dir, None, {"steps": 5000}, options)
+    run_command("pretrain", corpus, config_path, run_dir, out, resume, data_dir, None,
+                {"steps": 5000}, options)
 
 
 @cli.command("fine-tune")
-@click.option("--from", "base_path", type=click.Path(dir_okay=False), required=True,
-              help="The JSON weights to start from.")
-@click.option("--out", type=click.Path(dir_okay=False), default="tuned.json",
-              help="Where the best fine-tuned model is written.")
+@click.option("--from", "base_path", type=click.Path(dir_okay=False),
+              help="The JSON weights to start from (required; on --resume, the run's own).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where the best fine-tuned model is written [default: tuned.json; on "
+                   "--resume, the run's own].")
 @run_options
 def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **options):
     """Continue training the model in --from on CORPUS.
@@ -122,22 +125,38 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
     Characters the model has never seen are added to its vocabulary (old ids keep their
     meaning); the default learning rate is lower than pretraining's.
     """
-    from lstm_fn.weights import load_weights
+    if base_path is None and not resume:
+        raise click.UsageError("Missing option '--from'.")
+    run_command("fine-tune", corpus, config_path, run_dir, out, resume, data_dir, base_path,
+                {"steps": 1000, "learning_rate": 5e-4}, options)
 
-    base = load_weights(base_path)
-    run_command(corpus, config_path, run_dir, out, resume, data_dir, base,
-         {"steps": 1000, "learning_rate": 5e-4}, options)
 
-
-def _read_prime(prime: str | None, vocab) -> str:
-    """``@FILE`` reads the prime from a file; the default is a newline (or the first symbol)."""
+def _read_prime(prime: str | None, vocab) -> str | bytes:
+    """The prime as text (raw bytes for a bytes model's ``@FILE``): ``@FILE`` reads a file
+    (a UTF-8 BOM dropped); the default is a newline (or the first symbol)."""
     from pathlib import Path
 
     if prime is None:
         return "\n" if "\n" in vocab.symbols else vocab.symbols[0]
-    if prime.startswith("@"):
-        return Path(prime[1:]).read_text(encoding="utf-8")
-    return prime
+    if prime == "":
+        raise BadInput("--prime is empty; give some text or leave the option out")
+    if not prime.startswith("@"):
+        return prime
+    path = Path(prime[1:])
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise BadInput(f"cannot read the --prime file {str(path)!r}: {error.strerror}") from None
+    if vocab.encoding == "bytes":
+        return raw
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise BadInput(f"the --prime file {str(path)!r} is not UTF-8 text (byte {error.start})"
+                       ) from None
+    if not text:
+        raise BadInput(f"the --prime file {str(path)!r} is empty")
+    return text
 
 
 @cli.command()
@@ -150,7 +169,8 @@ def _read_prime(prime: str | None, vocab) -> str:
 @click.option("--top-p", type=float, help="Sample from the smallest set with this much probability.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", type=click.IntRange(1), default=1, help="Independent samples.")
-@click.option("--seed", type=int, help="Random seed [default: a fresh one each run].")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Random seed [default: a fresh one each run].")
 def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_samples, seed):
     """Generate text from a model, streamed to stdout as it is produced."""
     import secrets
@@ -161,13 +181,15 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
     from lstm_fn.weights import load_weights
 
     params, cfg, vocab = load_weights(model_path)
-    text = _read_prime(prime, vocab)
-    if missing := vocab.missing(text):
+    prime_data = _read_prime(prime, vocab)
+    if missing := vocab.missing(prime_data):
         shown = ", ".join(map(repr, missing[:20]))
         raise BadInput(f"--prime has {len(missing)} character(s) not in the model's "
                        f"vocabulary: {shown}")
+    prime_ids = vocab.encode(prime_data)
+    text = prime_data if isinstance(prime_data, str) else vocab.decode(prime_ids)
     key = jax.random.key(secrets.randbits(31) if seed is None else seed)
-    chunks = generate(params, cfg, vocab.encode(text), length, key=key, num_samples=num_samples,
+    chunks = generate(params, cfg, prime_ids, length, key=key, num_samples=num_samples,
                       temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
     if num_samples == 1:
         decode = vocab.streaming_decoder()
@@ -199,7 +221,8 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     from lstm_fn.weights import load_weights
 
     params, cfg, vocab = load_weights(model_path)
-    text = data.load_corpus(corpus, data_dir=data_dir, encoding=vocab.encoding)
+    text = data.load_corpus(corpus, data_dir=data_dir, encoding=vocab.encoding,
+                            remedy="use a model trained with --vocab bytes")
     ids = vocab.encode(text.content)
     if len(ids) < 2:
         raise BadInput("the corpus needs at least 2 characters to predict one")

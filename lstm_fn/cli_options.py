@@ -92,31 +92,45 @@ def run_options(command):
     return _train_options(command)
 
 
-def run_command(corpus, config_path, run_dir, out, resume, data_dir, base, defaults, options):
-    """Resolve config file + options and run the training loop; exits with its code."""
+def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, base_path,
+                defaults, options):
+    """Resolve config file + options and run the training loop; exits with its code.
+
+    ``defaults`` are the command's own train defaults; its ``steps`` only applies when no
+    stopping rule (steps, epochs, minutes) is given anywhere."""
+    import os
     import time
     from pathlib import Path
 
-    from lstm_fn.config import read_config_file, resolve
+    from lstm_fn.config import STOPPING_RULES, ConfigError, read_config_file, resolve
     from lstm_fn.run import RunSpec, run
 
+    if out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()):
+        raise ConfigError(f"--out {out!r} is a folder; give a file name")
     model_keys = ("cell", "embed_size", "hidden_size", "num_layers", "dropout")
     model_overrides = {k: options.pop(k) for k in model_keys}
     train_overrides = {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
     doc = read_config_file(config_path)
+    given = frozenset(k for k, v in train_overrides.items() if v is not None) | set(doc["train"])
+    if given & set(STOPPING_RULES):
+        defaults = {k: v for k, v in defaults.items() if k != "steps"}
     model, train = resolve(doc, model_overrides, train_overrides, defaults)
     if run_dir is None:
         if resume:
             raise click.UsageError("--resume needs --run-dir")
         name = Path(corpus).stem if corpus else "pydoc"
         run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    given = frozenset(k for k, v in train_overrides.items() if v is not None)
-    spec = RunSpec(corpus, model, train, Path(run_dir), Path(out), resume, Path(data_dir), base,
-                   given | frozenset(doc["train"]))
+    spec = RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
+                   Path("model.json" if command == "pretrain" else "tuned.json"), resume,
+                   Path(data_dir), base_path and Path(base_path), given)
     click.echo(f"run directory: {spec.run_dir}", err=True)
     result = run(spec)
     if result.message:
         click.echo(result.message, err=True)
     if result.status == "done":
-        click.echo(f"best model: {spec.out} (validation {result.best_val:.4f} nats/char)")
+        if result.out.exists():
+            click.echo(f"best model: {result.out} (validation {result.best_val:.4f} nats/char)")
+        else:
+            click.echo(f"no model written to {result.out}: the run was already at its last "
+                       "step, so nothing was evaluated", err=True)
     sys.exit(result.exit_code)

@@ -19,6 +19,7 @@ from reference_numpy import spec
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 GRADIENTS = ("autodiff", "manual")
+STOPPING_RULES = ("steps", "epochs", "minutes")
 # The model fields a config may set; vocab_size always comes from the corpus.
 MODEL_FIELDS = {"cell": str, "embed_size": int, "hidden_size": int, "num_layers": int,
                 "dropout": float}
@@ -106,9 +107,13 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
         for part in self.freeze:
-            if part not in ("embed", "head") and not part.isdigit():
+            if part not in ("embed", "head") and not (part.isascii() and part.isdigit()):
                 raise ConfigError(f"train.freeze entries are 'embed', 'head' or a layer number, "
                                   f"got {part!r}")
+        object.__setattr__(self, "freeze", tuple(  # "01" and "1" name the same layer
+            p if p in ("embed", "head") else str(int(p)) for p in self.freeze))
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.steps is None and self.epochs is None and self.minutes is None:
             raise ConfigError("train needs a stopping rule: set steps, epochs or minutes")
 

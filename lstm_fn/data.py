@@ -52,8 +52,8 @@ class Corpus:
         return self.raw if self.text is None else self.text
 
 
-def load_corpus(spec: str | None, *, data_dir: str | Path = "data",
-                encoding: str = "chars") -> Corpus:
+def load_corpus(spec: str | None, *, data_dir: str | Path = "data", encoding: str = "chars",
+                remedy: str = "pass --vocab bytes to model its raw bytes") -> Corpus:
     """Resolve and validate a corpus; anything unusable raises CorpusError.
 
     Args:
@@ -61,6 +61,7 @@ def load_corpus(spec: str | None, *, data_dir: str | Path = "data",
         `NAMED_CORPORA` (wins over a file of that name), kept in `data_dir`; else a file path,
         also looked for under `data_dir`.
       encoding: "chars" (UTF-8 text, one symbol per character) or "bytes" (raw bytes, any file).
+      remedy: what the error for a file that is not UTF-8 text suggests.
     """
     check_encoding(encoding)
     data_dir = Path(data_dir)
@@ -80,7 +81,18 @@ def load_corpus(spec: str | None, *, data_dir: str | Path = "data",
             raise CorpusError(f"cannot read {label}: {err.strerror}") from None
     if not raw:
         raise CorpusError(f"{label} is empty")
-    return Corpus(name, None if encoding == "bytes" else _decode_text(raw, label), raw)
+    return Corpus(name, None if encoding == "bytes" else _decode_text(raw, label, remedy), raw)
+
+
+def corpus_location(spec: str | None, data_dir: str | Path = "data") -> str | None:
+    """Where :func:`load_corpus` reads ``spec`` from, as an absolute path that reads the same
+    from any working directory (None for the built-in corpus). Raises CorpusError for a file
+    that does not exist."""
+    if spec is None:
+        return None
+    if spec in NAMED_CORPORA:
+        return str((Path(data_dir) / NAMED_CORPORA[spec].file_name).resolve())
+    return str(_resolve_path(spec, Path(data_dir)).resolve())
 
 
 def _resolve_path(spec: str, data_dir: Path) -> Path:
@@ -94,19 +106,19 @@ def _resolve_path(spec: str, data_dir: Path) -> Path:
     return path
 
 
-def _decode_text(raw: bytes, label: str) -> str:
+def _decode_text(raw: bytes, label: str, remedy: str) -> str:
     """UTF-8 bytes -> text with the BOM dropped and CRLF / lone CR turned into "\\n"."""
     nul = raw.find(b"\0", 0, BINARY_SNIFF_BYTES)
     if nul >= 0:
         raise CorpusError(f"{label} has a NUL byte at offset {nul}: it looks like a binary (or "
-                          "UTF-16) file; pass --vocab bytes to model its raw bytes")
+                          f"UTF-16) file; {remedy}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise CorpusError(f"{label} is not valid UTF-8 at byte {err.start} (line {line}): "
-                          f"{raw[err.start:err.start + 8]!r}; re-save it as UTF-8 or pass "
-                          "--vocab bytes") from None
+                          f"{raw[err.start:err.start + 8]!r}; re-save it as UTF-8 or "
+                          f"{remedy}") from None
     # Notepad's BOM and Windows newlines would otherwise become symbols of their own.
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():

@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ class RunResult:
     test: dict | None = None
     message: str = ""
     signal: int | None = None  # the signal that interrupted the run
+    out: Path | None = None  # where the best model is written
 
     @property
     def exit_code(self) -> int:
@@ -231,7 +233,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         metrics_file.close()
     if status == "interrupted":
         message = (f"interrupted at step {step}: checkpoint saved; continue with "
-                   f"--resume --run-dir {spec.run_dir}")
+                   f"`lstm-fn {spec.command} --resume --run-dir {spec.run_dir}`")
     test = None
     if status == "done" and len(test_ids) > 1 and spec.out.exists():
         from lstm_fn.weights import load_weights
@@ -245,7 +247,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         plot_run(spec.run_dir)
     except Exception as error:  # a missing plot never fails a finished run
         log(f"loss plot not written: {error}")
-    return RunResult(status, step, tracker.best, test, message, received)
+    return RunResult(status, step, tracker.best, test, message, received, spec.out)
 
 
 def _show_sample(params, cfg, vocab, train_ids, tcfg, step):

@@ -13,37 +13,47 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from lstm_fn import checkpoint, data
-from lstm_fn.config import ConfigError, TrainConfig
+from lstm_fn.config import STOPPING_RULES, ConfigError, TrainConfig
 from lstm_fn.model import ModelConfig, init
 from lstm_fn.loop import RunResult, log, train_loop
-from lstm_fn.train import init_state
+from lstm_fn.optim import make_schedule
+from lstm_fn.train import check_freeze, init_state
 from lstm_fn.vocab import Vocab
+from lstm_fn.weights import load_weights
 from reference_numpy.atomic import atomic_write
 
 # Options that may change when a run is resumed: they say when to stop, not how to train.
-RESUMABLE = ("steps", "epochs", "minutes")
+RESUMABLE = STOPPING_RULES
 
 
 @dataclasses.dataclass
 class RunSpec:
-    """What to run. ``model`` holds the architecture fields given (``cell``, sizes, dropout);
-    ``base`` is a weights file to fine-tune from (its architecture is kept)."""
+    """What to run. ``model`` holds the architecture fields given (``cell``, sizes, dropout).
 
+    ``out`` None means the resumed run's own ``--out``, else ``default_out``; ``base_path``
+    (fine-tune) is the weights file to start from, None on a resume means the run's own.
+    Paths are kept in ``config.json`` as absolute paths, so a run resumes from anywhere.
+    """
+
+    command: str  # "pretrain" or "fine-tune", for the messages
     corpus: str | None
     model: dict
     train: TrainConfig
     run_dir: Path
-    out: Path
+    out: Path | None
+    default_out: Path
     resume: bool = False
     data_dir: Path = Path("data")
-    base: tuple | None = None  # (params, ModelConfig, Vocab) loaded from --from
+    base_path: Path | None = None
     train_given: frozenset = frozenset()  # train fields set explicitly (checked on resume)
+    base: tuple | None = None  # (params, ModelConfig, Vocab) of base_path, loaded by run()
 
 
 def model_section(cfg: ModelConfig) -> dict:
@@ -52,16 +62,39 @@ def model_section(cfg: ModelConfig) -> dict:
 
 
 def _prepare_dir(spec: RunSpec) -> dict | None:
-    """The saved config of a run being resumed; refuses to start over an existing run."""
+    """The saved config of a run being resumed; refuses to start over a run that has
+    progress (a checkpoint or an evaluation), not over one that failed before its first."""
     config_path = spec.run_dir / "config.json"
     if spec.resume:
         if not config_path.exists():
             raise ConfigError(f"--resume: {str(spec.run_dir)!r} holds no run (no config.json)")
         return json.loads(config_path.read_text(encoding="utf-8"))
-    if config_path.exists() or checkpoint.all_steps(spec.run_dir / "checkpoints"):
+    metrics = spec.run_dir / "metrics.jsonl"
+    if checkpoint.all_steps(spec.run_dir / "checkpoints") or (
+            metrics.exists() and metrics.stat().st_size):
         raise ConfigError(f"run directory {str(spec.run_dir)!r} already holds a run; pass "
                           "--resume to continue it or choose another --run-dir")
     return None
+
+
+def _settle_paths(spec: RunSpec, saved: dict | None) -> RunSpec:
+    """``spec`` with ``out``, ``base_path`` and ``base`` filled in and checked: on a resume,
+    what the run recorded unless given again; nothing that would overwrite an input."""
+    out = spec.out or Path((saved or {}).get("out") or spec.default_out)
+    base_path = spec.base_path
+    if spec.command == "fine-tune" and base_path is None:
+        if not (saved and saved.get("base")):
+            raise ConfigError("fine-tune needs --from, the weights file to start from")
+        base_path = Path(saved["base"])
+    inputs = {"the corpus": saved["corpus"] if saved else
+              data.corpus_location(spec.corpus, spec.data_dir),
+              "the base model (--from)": base_path,
+              "the run's config.json": spec.run_dir / "config.json"}
+    for what, path in inputs.items():
+        if path is not None and Path(path).resolve() == out.resolve():
+            raise ConfigError(f"--out {str(out)!r} is {what}; choose another file")
+    base = load_weights(base_path) if base_path is not None else None
+    return dataclasses.replace(spec, out=out, base_path=base_path, base=base)
 
 
 def _resumed_config(spec: RunSpec, saved: dict) -> tuple[dict, TrainConfig]:
@@ -94,7 +127,8 @@ def grow_vocab(params: dict, cfg: ModelConfig, extra: int, key: jax.Array) -> di
                                                              np.float32)])}}
 
 
-def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, seed: int):
+def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, encoding: str,
+                     seed: int):
     """``(model dict, vocab, initial params or None)`` for a fresh, resumed or fine-tune run.
 
     The initial params of a fine-tune are the base model's, grown by the new characters;
@@ -105,17 +139,23 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, see
         if spec.base is None:
             return saved["model"], vocab, None
         params, base_cfg, base_vocab = spec.base
+        arch = {k: v for k, v in model_section(base_cfg).items() if k != "dropout"}
+        if any(saved["model"][k] != v for k, v in arch.items()) or \
+                vocab.symbols[:len(base_vocab)] != base_vocab.symbols:
+            raise ConfigError(f"--resume: --from {str(spec.base_path)!r} is not the model this "
+                              f"run fine-tunes (architecture or vocabulary differ); the run "
+                              f"started from {saved.get('base')!r}")
         extra = len(vocab) - len(base_vocab)
         if extra:
             params = grow_vocab(params, base_cfg, extra, jax.random.key(seed))
         return saved["model"], vocab, params
     if spec.base is None:
-        vocab = Vocab.bytes() if spec.train.vocab == "bytes" else Vocab.from_text(corpus.text)
+        vocab = Vocab.bytes() if encoding == "bytes" else Vocab.from_text(corpus.text)
         return spec.model, vocab, None
     params, base_cfg, base_vocab = spec.base
-    if base_vocab.encoding != spec.train.vocab:
-        raise ConfigError(f"the base model uses vocab {base_vocab.encoding!r}, "
-                          f"not {spec.train.vocab!r}; pass --vocab {base_vocab.encoding}")
+    if base_vocab.encoding != encoding:
+        raise ConfigError(f"the base model uses vocab {base_vocab.encoding!r}, not "
+                          f"{encoding!r}; leave out --vocab or pass --vocab {base_vocab.encoding}")
     arch = model_section(base_cfg)
     for key, value in spec.model.items():
         if key != "dropout" and arch[key] != value:
@@ -139,6 +179,11 @@ def _check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
                           f"{error.strerror or error}") from None
         if not os.access(folder, os.W_OK):
             raise OSError(f"cannot write to {str(folder)!r}: permission denied")
+        try:  # a real file: permission bits alone can mislead (root, read-only mounts)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise OSError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
     # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments).
     needed = cfg.num_params * (12 + 12 * (spec.train.keep_checkpoints + 1)) + (1 << 20)
     free = shutil.disk_usage(spec.run_dir).free
@@ -157,12 +202,17 @@ def _remove_stale_temp_files(spec: RunSpec) -> None:
 def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
     saved = _prepare_dir(spec)
+    spec = _settle_paths(spec, saved)
     model, tcfg = (spec.model, spec.train) if saved is None else _resumed_config(spec, saved)
-    if saved and spec.corpus is not None and spec.corpus != saved["corpus"]:
+    if saved is None and spec.base is not None and "vocab" not in spec.train_given:
+        tcfg = dataclasses.replace(tcfg, vocab=spec.base[2].encoding)  # the base model's
+    location = data.corpus_location(saved["corpus"] if saved else spec.corpus, spec.data_dir)
+    if saved and spec.corpus is not None and \
+            data.corpus_location(spec.corpus, spec.data_dir) != location:
         raise ConfigError(f"--resume: the run trains on {saved['corpus']!r}, not {spec.corpus!r}")
-    corpus = data.load_corpus(saved["corpus"] if saved else spec.corpus,
-                              data_dir=spec.data_dir, encoding=tcfg.vocab)
-    model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.seed)
+    corpus = data.load_corpus(location if saved else spec.corpus, data_dir=spec.data_dir,
+                              encoding=tcfg.vocab)
+    model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.vocab, tcfg.seed)
     cfg = ModelConfig(**model, vocab_size=len(vocab))
     ids = vocab.encode(corpus.content)
     train_frac = 1.0 - tcfg.val_fraction - tcfg.test_fraction
@@ -172,18 +222,25 @@ def run(spec: RunSpec) -> RunResult:
     per_epoch = data.windows_per_epoch(len(train_ids), tcfg.batch_size, tcfg.seq_len)
     limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch)) if s]
     total_steps = min(limits) if limits else None
+    check_freeze(tcfg.freeze, cfg.num_layers)
+    make_schedule(tcfg, total_steps)  # refuses a schedule without a known length
     _check_output_room(spec, cfg)
     _remove_stale_temp_files(spec)
     if saved is None:
         atomic_write(spec.run_dir / "config.json", json.dumps({
-            "corpus": spec.corpus, "model": model_section(cfg),
-            "train": dataclasses.asdict(tcfg), "vocab": list(vocab.symbols),
-            "encoding": vocab.encoding}, indent=1, ensure_ascii=False))
+            "corpus": location, "out": str(spec.out.resolve()),
+            "base": str(spec.base_path.resolve()) if spec.base_path else None,
+            "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
+            "vocab": list(vocab.symbols), "encoding": vocab.encoding},
+            indent=1, ensure_ascii=False))
     if params is None:
         params = init(jax.random.key(tcfg.seed), cfg)
     log(f"corpus {corpus.name}: {len(ids):,} symbols, vocabulary {len(vocab)}, splits "
         f"{len(train_ids):,}/{len(val_ids):,}/{len(test_ids):,}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {cfg.num_params:,} parameters")
+    if len(val_ids) < 2:
+        log("warning: the validation split is empty, so the best model is chosen by the "
+            "training loss; raise --val-fraction or use a longer corpus")
     return train_loop(spec, cfg, tcfg, vocab, init_state(jax.tree.map(jax.numpy.asarray, params),
                                                          cfg, tcfg),
                       train_ids, val_ids, test_ids, total_steps)

@@ -27,14 +27,18 @@ from lstm_fn.model import ModelConfig, dropout_masks, initial_state, loss
 from lstm_fn.optim import make_optimizer, make_schedule
 
 
+def check_freeze(freeze: tuple[str, ...], num_layers: int) -> None:
+    """ValueError naming a frozen layer number the model does not have."""
+    for part in freeze:
+        if part.isdigit() and int(part) >= num_layers:
+            raise ValueError(f"train.freeze names layer {part}, but the model has {num_layers} "
+                             f"(0..{num_layers - 1})")
+
+
 def trainable_mask(params: dict, freeze: tuple[str, ...]) -> dict:
     """1.0 for every trained parameter tensor, 0.0 for frozen ones (``embed``, ``head`` or a
-    layer number); ValueError names a layer the model does not have."""
-    layers = len(params["layers"])
-    for part in freeze:
-        if part.isdigit() and int(part) >= layers:
-            raise ValueError(f"train.freeze names layer {part}, but the model has {layers} "
-                             f"(0..{layers - 1})")
+    layer number, see :class:`TrainConfig`); ValueError names a layer the model lacks."""
+    check_freeze(freeze, len(params["layers"]))
     return {
         "embed": jax.tree.map(lambda _: float("embed" not in freeze), params["embed"]),
         "layers": [jax.tree.map(lambda _, l=l: float(str(l) not in freeze), layer)
@@ -72,9 +76,10 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     One truncated-BPTT update: the carry from the previous window is the initial state
     (gradients stop at the window border), the mean loss over ``[B, T]`` is differentiated,
     gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
-    direction is applied with ``lr = schedule(step) * lr_scale``. ``metrics`` holds the
-    loss, the (unclipped) gradient norm, the learning rate and whether every updated
-    parameter is finite (``params_finite``).
+    direction (zero for frozen tensors, weight decay included) is applied with
+    ``lr = schedule(step) * lr_scale``. ``metrics`` holds the loss, the (unclipped) gradient
+    norm, the learning rate and whether every updated parameter is finite
+    (``params_finite``).
 
     With a ``mesh`` (:func:`lstm_fn.parallel.batch_mesh`), the batch and the carry are split
     over its devices and everything else is replicated (:func:`lstm_fn.parallel.split_batch`);
@@ -95,6 +100,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
             params, inputs, targets, _reset(state["carry"], reset), masks)
         grads = jax.tree.map(jnp.multiply, grads, mask)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
+        updates = jax.tree.map(jnp.multiply, updates, mask)  # adamw's decay is not a gradient
         lr = schedule(state["step"]) * state["lr_scale"]
         params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), params, updates)
         new_state = {"params": params, "opt_state": opt_state, "carry": carry,

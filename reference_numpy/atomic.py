@@ -21,7 +21,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = _write_unnamed(path, payload) or _write_named(path, payload)
+    mode = _mode_for(path)
+    tmp = _write_unnamed(path, payload, mode) or _write_named(path, payload, mode)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -35,10 +36,23 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             os.close(dir_fd)
 
 
-def _write_named(path: Path, payload: bytes) -> str:
+def _mode_for(path: Path) -> int:
+    """The permission bits the new file gets: those of the file it replaces, else what a
+    plain ``open(path, "w")`` would give under the current umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _write_named(path: Path, payload: bytes, mode: int) -> str:
     """The whole payload in a new fsynced ``.NAME.*.tmp`` file beside ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -49,7 +63,7 @@ def _write_named(path: Path, payload: bytes) -> str:
     return tmp
 
 
-def _write_unnamed(path: Path, payload: bytes) -> str | None:
+def _write_unnamed(path: Path, payload: bytes, mode: int) -> str | None:
     """Like :func:`_write_named`, but written as an unnamed ``O_TMPFILE`` that is linked to
     its temp name only once whole; None where the OS or file system cannot do that."""
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
@@ -59,6 +73,7 @@ def _write_unnamed(path: Path, payload: bytes) -> str | None:
     except OSError:  # e.g. a file system without O_TMPFILE
         return None
     with os.fdopen(fd, "wb") as f:  # a failure here (disk full) leaves nothing behind
+        os.fchmod(f.fileno(), mode)
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())

@@ -219,10 +219,87 @@ def test_resume_with_another_shape_names_the_field(finished_run, corpus, option,
     assert listing(finished_run) == before
 
 
+def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, corpus,
+                                                                  monkeypatch):
+    """config.json keeps absolute paths; --out defaults to the run's own on a resume."""
+    (tmp_path / "tiny.txt").write_bytes(corpus.read_bytes())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = invoke("pretrain", "tiny.txt", *TINY, "--steps", "2", "--eval-every", "2",
+                   "--run-dir", "run", "--out", "best.json")
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path / "sub")
+    again = invoke("pretrain", "../tiny.txt", "--resume", "--run-dir", "../run", "--steps", "4")
+    assert again.exit_code == 0, again.output
+    assert "best model: " + str(tmp_path / "best.json") in again.stdout
+    assert not (tmp_path / "sub" / "model.json").exists()
+    idle = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
+                  "--out", "elsewhere.json")
+    assert idle.exit_code == 0 and "no model written to elsewhere.json" in idle.stderr
+    assert_refused(invoke("pretrain", corpus, "--resume", "--run-dir", "../run", "--steps", "6"),
+                   "the run trains on")
+
+
+def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, corpus,
+                                                                 model_file):
+    run = ["--run-dir", tmp_path / "run", "--steps", "2", "--eval-every", "2",
+           "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
+    result = invoke("fine-tune", corpus, "--from", model_file, "--out", tmp_path / "t.json",
+                    *run)
+    assert result.exit_code == 0, result.output
+    result = invoke("fine-tune", "--resume", *run[:2], "--steps", "4")
+    assert result.exit_code == 0 and str(tmp_path / "t.json") in result.stdout, result.output
+    vocab = lstm_fn.Vocab.from_text(TEXT)
+    other = lstm_fn.ModelConfig("gru", len(vocab), embed_size=8, hidden_size=16, num_layers=1)
+    lstm_fn.save_weights(tmp_path / "gru.json", lstm_fn.init(jax.random.key(0), other), other,
+                         vocab)
+    assert_refused(invoke("fine-tune", "--resume", *run[:2], "--steps", "6", "--from",
+                          tmp_path / "gru.json"), "not the model this run fine-tunes")
+    assert_refused(invoke("fine-tune", corpus, "--steps", "2"), "--from")
+
+
 def test_resume_without_a_run_is_refused(tmp_path, corpus):
     result = invoke("pretrain", corpus, "--resume", "--run-dir", tmp_path / "run",
                     "--steps", "4")
     assert_refused(result, "holds no run")
+
+
+def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, corpus):
+    """Checks that need the model (a frozen layer it lacks, cosine without a length) come
+    before anything is written, and a run that wrote only its config can be started again."""
+    run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
+    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--freeze", "5", *run),
+                   "train.freeze names layer 5")
+    assert_refused(invoke("pretrain", corpus, *TINY, "--minutes", "1", "--schedule", "cosine",
+                          *run), "cosine")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # as if killed before any progress
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--eval-every", "2", *run)
+    assert result.exit_code == 0, result.output
+
+
+def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, corpus, model_file):
+    victim = tmp_path / "victim.txt"
+    victim.write_text(TEXT, encoding="utf-8")
+    assert_refused(invoke("pretrain", victim, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r1", "--out", victim), "is the corpus")
+    assert victim.read_text(encoding="utf-8") == TEXT
+    before = model_file.read_bytes()
+    assert_refused(invoke("fine-tune", corpus, "--from", model_file, "--steps", "2",
+                          "--run-dir", tmp_path / "r2", "--out", model_file), "base model")
+    assert model_file.read_bytes() == before
+    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r3", "--out", str(tmp_path / "newdir") + "/"), "folder")
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, corpus):
+    result = invoke("pretrain", corpus, *TINY, "--epochs", "0.5", "--eval-every", "1000",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert train["steps"] is None and train["epochs"] == 0.5
 
 
 # ---------------------------------------------------------------------- weights files
@@ -338,7 +415,16 @@ def test_prime_outside_the_vocabulary_is_named(model_file, tmp_path):
     assert_refused(invoke("sample", "--from", model_file, "--prime", f"@{prime}"), "'é'")
     assert_refused(invoke("sample", "--from", model_file, "--prime", "@" + str(tmp_path / "no")),
                    "No such file")
-    assert_refused(invoke("sample", "--from", model_file, "--prime", ""), "prime must be")
+    assert_refused(invoke("sample", "--from", model_file, "--prime", ""), "--prime is empty")
+
+
+def test_prime_file_with_a_bom_and_a_seed_out_of_range(model_file, tmp_path):
+    prime = tmp_path / "bom.txt"
+    prime.write_bytes("\ufeffthe cat".encode("utf-8"))
+    result = invoke("sample", "--from", model_file, "--prime", f"@{prime}", "--length", "3")
+    assert result.exit_code == 0 and result.stdout.startswith("the cat"), result.output
+    result = invoke("sample", "--from", model_file, "--seed", str(2**70))
+    assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
 
 
 def test_length_zero_prints_just_the_prime(model_file):

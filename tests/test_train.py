@@ -91,6 +91,24 @@ def test_frozen_parts_do_not_move():
     assert not np.array_equal(after["head"]["w"], params["head"]["w"])
 
 
+def test_frozen_parts_stay_put_under_weight_decay_and_any_spelling():
+    """adamw's decay is part of the update, not of the gradient: frozen tensors must not
+    shrink; "01" names layer 1."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=3, freeze=("embed", "01"),
+                       optimizer="adamw", weight_decay=0.1)
+    assert tcfg.freeze == ("embed", "1")
+    params = lstm_fn.init(jax.random.key(2), CFG)
+    state = init_state(jax.tree.map(jnp.copy, params), CFG, tcfg)
+    step = make_train_step(CFG, tcfg, 3)
+    for position in range(3):
+        state, _ = step(state, *train_batch(ids(), 4, 16, position))
+    after = state["params"]
+    np.testing.assert_array_equal(after["embed"], params["embed"])
+    for name, value in after["layers"][1].items():
+        np.testing.assert_array_equal(value, params["layers"][1][name])
+    assert not np.array_equal(after["layers"][0]["w_h"], params["layers"][0]["w_h"])
+
+
 def test_clipping_bounds_the_first_update():
     """With plain sgd (momentum 0) the update is exactly -lr * clipped gradient."""
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1, optimizer="sgd", momentum=0.0,

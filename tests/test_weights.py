@@ -2,6 +2,7 @@
 in lstm_fn, reference_numpy and PyTorch."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -141,3 +142,19 @@ def test_one_file_same_logits_in_jax_numpy_and_torch(tmp_path, cell):
                         + torch.from_numpy(np_params["head"]["b"])).numpy()
     assert_close(jax_logits, np_logits, atol=1e-5, rtol=0)
     assert_close(torch_logits, np_logits, atol=1e-5, rtol=0)
+
+
+def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
+    from reference_numpy.atomic import atomic_write
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new.json", "{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write(kept, "new")
+    assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
