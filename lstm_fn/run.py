@@ -169,6 +169,19 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, enc
     return {**arch, "dropout": spec.model.get("dropout", 0.0)}, vocab, params
 
 
+def _check_memory(cfg: ModelConfig) -> None:
+    """Refuse a model whose parameters, gradients and optimizer moments alone (four float32
+    copies) would not fit in this machine's memory."""
+    needed = cfg.num_params * 16
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(
+        os, "sysconf") else None
+    if total and needed > total:
+        raise ConfigError(f"the model has {cfg.num_params:,} parameters, about "
+                          f"{needed / 2**30:,.0f} GiB to train; this machine has "
+                          f"{total / 2**30:,.0f} GiB: lower --hidden-size, --embed-size or "
+                          "--layers")
+
+
 def _check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
     """Fail before training when the outputs cannot be written."""
     for folder in (spec.out.parent, spec.run_dir):
@@ -224,6 +237,7 @@ def run(spec: RunSpec) -> RunResult:
     total_steps = min(limits) if limits else None
     check_freeze(tcfg.freeze, cfg.num_layers)
     make_schedule(tcfg, total_steps)  # refuses a schedule without a known length
+    _check_memory(cfg)
     _check_output_room(spec, cfg)
     _remove_stale_temp_files(spec)
     if saved is None:

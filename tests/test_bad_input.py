@@ -294,6 +294,13 @@ def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, corpus, model
     assert not (tmp_path / "newdir").exists()
 
 
+def test_a_model_too_big_for_memory_is_refused(tmp_path, corpus):
+    result = invoke("pretrain", corpus, *TINY, "--hidden-size", str(10**9), "--steps", "2",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert_refused(result, "parameters", "GiB to train", "--hidden-size")
+    assert not (tmp_path / "run").exists()
+
+
 def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, corpus):
     result = invoke("pretrain", corpus, *TINY, "--epochs", "0.5", "--eval-every", "1000",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
