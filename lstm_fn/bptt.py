@@ -34,7 +34,7 @@ import optax
 from jax import lax
 
 from lstm_fn.cells import CELLS, HiddenState, LSTMState, lowered, matmul, split_gates
-from lstm_fn.model import ModelConfig
+from lstm_fn.model import ModelConfig, masked_mean
 from reference_numpy import spec
 
 
@@ -303,7 +303,5 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tupl
     """
     top, carry = manual_apply(params, cfg.cell, inputs, carry, masks, precision)
     logits = matmul(jnp.swapaxes(top, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
-    if mask is None:
-        return nll.mean(), carry
-    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0), carry
+    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
+        carry

@@ -143,7 +143,13 @@ def loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
     """
     logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks,
                           precision=precision)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
+    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
+        carry
+
+
+def masked_mean(nll: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``mean(nll)``, or ``sum(mask * nll) / sum(mask)`` (0 when the mask is all zero)."""
     if mask is None:
-        return nll.mean(), carry
-    return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0), carry
+        return nll.mean()
+    total = mask.sum()
+    return (nll * mask).sum() / jnp.where(total > 0, total, 1.0)

@@ -28,15 +28,21 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def make_schedule(cfg: TrainConfig, total_steps: int | None):
-    """``step -> learning rate`` (before the plateau scale), traceable under jit."""
+    """``step -> learning rate`` (before the plateau scale), traceable under jit. Steps count
+    from 0; a warmup of W steps runs at ``(step + 1) / W`` of the rate, whatever the
+    schedule."""
     lr = cfg.learning_rate
     if cfg.schedule == "cosine":
         if not total_steps:
             raise ValueError("schedule 'cosine' needs a known length: set train.steps or epochs")
-        return optax.warmup_cosine_decay_schedule(
-            0.0, lr, max(cfg.warmup_steps, 1), max(total_steps, cfg.warmup_steps + 1),
-            end_value=lr * cfg.min_lr_ratio)
-    if cfg.schedule == "exponential":
+        # Full rate at the first step after warmup, min_lr_ratio of it at the last step run.
+        span = max(total_steps - 1 - cfg.warmup_steps, 1)
+
+        def base(step):
+            progress = jnp.clip((step - cfg.warmup_steps) / span, 0.0, 1.0)
+            return lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio)
+                         * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+    elif cfg.schedule == "exponential":
         base = optax.exponential_decay(lr, cfg.decay_steps, cfg.decay_rate)
     else:  # constant and plateau: the plateau rule acts through lr_scale
         base = optax.constant_schedule(lr)

@@ -62,6 +62,8 @@ def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
         sorted_probs = jax.nn.softmax(jnp.take_along_axis(scaled, order, axis=-1), axis=-1)
         mass = jnp.cumsum(sorted_probs, axis=-1)  # [S, V]
         reach = jnp.sum(mass < top_p, axis=-1, keepdims=True) + 1  # [S, 1]
+        # top_p 1 keeps every token: a float32 cumsum reaches 1 before the tiniest ones
+        reach = jnp.where(top_p >= 1.0, scaled.shape[-1], reach)
         keep = jnp.minimum(keep, reach)
     return jnp.where(rank < keep, scaled, -jnp.inf)
 
@@ -189,7 +191,8 @@ def _check_options(cfg: ModelConfig, prime_ids: np.ndarray, length, num_samples,
                          f"{prime_ids.min()}..{prime_ids.max()}")
 
 
-def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *, key: jax.Array | None,
+def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *,
+             key: jax.Array | None = None,
              num_samples: int = 1, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, greedy: bool = False,
              chunk_size: int = 256) -> Iterator[np.ndarray]:

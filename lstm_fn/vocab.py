@@ -38,7 +38,7 @@ class Vocab:
         if len(symbols) < 2:
             raise CorpusError(f"corpus has {len(symbols)} distinct character(s) {list(symbols)}; "
                               "a language model needs at least 2")
-        return cls(symbols, "chars")
+        return cls.from_symbols(symbols)
 
     @classmethod
     def bytes(cls) -> Vocab:
@@ -55,6 +55,9 @@ class Vocab:
         for index, symbol in enumerate(symbols):
             if not isinstance(symbol, str) or len(symbol) != 1:
                 raise CorpusError(f"vocabulary symbol {index} is {symbol!r}, not one character")
+            if "\ud800" <= symbol <= "\udfff":
+                raise CorpusError(f"vocabulary symbol {index} is a lone surrogate "
+                                  f"(U+{ord(symbol):04X}), not a character UTF-8 can store")
             if symbol in seen:
                 raise CorpusError(f"vocabulary symbol {symbol!r} appears twice (again at {index})")
             seen.add(symbol)
@@ -104,7 +107,7 @@ class Vocab:
         """Append the characters of `text` that are missing, after the old ones so old ids keep
         their meaning. Returns (new vocab, added characters)."""
         added = self.missing(text)
-        return Vocab(self.symbols + tuple(added), self.encoding), added
+        return Vocab.from_symbols(self.symbols + tuple(added), self.encoding), added
 
     def streaming_decoder(self) -> Callable[..., str]:
         """A function `decode_chunk(ids, final=False) -> str` for text produced piece by piece;

@@ -202,6 +202,11 @@ def test_from_symbols_validates(symbols, encoding, expected):
         Vocab.from_symbols(symbols, encoding)
 
 
+def test_lone_surrogates_are_not_symbols():
+    with pytest.raises(CorpusError, match="lone surrogate"):
+        Vocab.from_text("ab\ud800")
+
+
 def test_from_symbols_accepts_stored_vocabs():
     assert Vocab.from_symbols(["\n", " ", "a"]) == Vocab(("\n", " ", "a"), "chars")
     assert Vocab.from_symbols(Vocab.bytes().symbols, "bytes") == Vocab.bytes()

@@ -83,6 +83,11 @@ def test_loss_is_mean_nats_and_mask_weights_positions():
     mask = jnp.zeros(tokens.shape).at[:, :5].set(1.0)
     masked, _ = lstm_fn.loss(params, cfg, tokens, targets, carry, mask=mask)
     assert_close(masked, nll[:, :5].mean())
+    small = jnp.zeros(tokens.shape).at[0, :2].set(0.25)  # weights summing to less than 1
+    weighted, _ = lstm_fn.loss(params, cfg, tokens, targets, carry, mask=small)
+    assert_close(weighted, nll[0, :2].mean())
+    none, _ = lstm_fn.loss(params, cfg, tokens, targets, carry, mask=jnp.zeros(tokens.shape))
+    assert float(none) == 0.0
 
 
 @pytest.mark.parametrize("cell", CELLS)

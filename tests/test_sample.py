@@ -42,7 +42,7 @@ def ids_of(chunks):
 def test_greedy_equals_argmax_loop_over_growing_sequence(cell):
     cfg, params = model(cell)
     length = 12
-    got = ids_of(generate(params, cfg, PRIME, length, key=None, greedy=True, chunk_size=4))
+    got = ids_of(generate(params, cfg, PRIME, length, greedy=True, chunk_size=4))  # no key
     # Recompute the whole sequence from scratch each step (no carry to get wrong). The
     # model is causal, so a fixed-size buffer padded with zeros past the end gives the same
     # logits at the last filled position and one compiled `apply` serves every step.
@@ -77,6 +77,13 @@ OPTIONS = [
     dict(temperature=2.0, top_k=4, top_p=0.8),
     dict(temperature=0.5, top_k=6, top_p=0.95),
 ]
+
+
+def test_top_p_one_keeps_even_the_tiniest_tokens():
+    logits = jnp.array([[10.0, 0.0, -10.0, -12.0]])  # float32 cumsum is 1.0 after two
+    for top_p in (1.0, jnp.float32(1.0)):
+        assert np.isfinite(filter_logits(logits, temperature=1.0, top_k=None, top_p=top_p)).all()
+    assert np.isinf(filter_logits(logits, temperature=1.0, top_k=None, top_p=0.9)).sum() == 3
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=str)

@@ -40,8 +40,12 @@ def test_evaluate_scores_every_prediction_once(batch_size, seq_len):
 def test_schedules():
     cosine = make_schedule(TrainConfig(steps=100, schedule="cosine", warmup_steps=10,
                                        learning_rate=1.0, min_lr_ratio=0.1), 100)
-    assert float(cosine(0)) == 0.0 and float(cosine(10)) == pytest.approx(1.0)
-    assert float(cosine(100)) == pytest.approx(0.1)
+    assert [float(cosine(s)) for s in (0, 9, 10)] == pytest.approx([0.1, 1.0, 1.0])
+    assert float(cosine(99)) == pytest.approx(0.1)  # the last step of 100
+    assert 0.1 < float(cosine(98)) < float(cosine(50)) < 1.0
+    plain = make_schedule(TrainConfig(steps=10, schedule="cosine", learning_rate=1.0,
+                                      min_lr_ratio=0.1), 10)
+    assert [float(plain(s)) for s in (0, 9)] == pytest.approx([1.0, 0.1])  # no lr-0 step
     exponential = make_schedule(TrainConfig(steps=1, schedule="exponential", learning_rate=1.0,
                                             decay_rate=0.5, decay_steps=10), None)
     assert float(exponential(20)) == pytest.approx(0.25)
