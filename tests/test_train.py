@@ -81,25 +81,13 @@ def test_each_optimizer_learns(optimizer, precision):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state["params"]))
 
 
-def test_frozen_parts_do_not_move():
-    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=3, freeze=("embed", "1"))
-    params = lstm_fn.init(jax.random.key(2), CFG)
-    state = init_state(jax.tree.map(jnp.copy, params), CFG, tcfg)
-    step = make_train_step(CFG, tcfg, 3)
-    for position in range(3):
-        state, _ = step(state, *train_batch(ids(), 4, 16, position))
-    after = state["params"]
-    np.testing.assert_array_equal(after["embed"], params["embed"])
-    np.testing.assert_array_equal(after["layers"][1]["w_h"], params["layers"][1]["w_h"])
-    assert not np.array_equal(after["layers"][0]["w_h"], params["layers"][0]["w_h"])
-    assert not np.array_equal(after["head"]["w"], params["head"]["w"])
-
-
-def test_frozen_parts_stay_put_under_weight_decay_and_any_spelling():
-    """adamw's decay is part of the update, not of the gradient: frozen tensors must not
-    shrink; "01" names layer 1."""
-    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=3, freeze=("embed", "01"),
-                       optimizer="adamw", weight_decay=0.1)
+@pytest.mark.parametrize("optimizer, weight_decay, layer", [
+    ("adam", 0.0, "1"),
+    ("adamw", 0.1, "01"),  # decay is part of the update, not the gradient; "01" is layer 1
+])
+def test_frozen_parts_do_not_move(optimizer, weight_decay, layer):
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=3, freeze=("embed", layer),
+                       optimizer=optimizer, weight_decay=weight_decay)
     assert tcfg.freeze == ("embed", "1")
     params = lstm_fn.init(jax.random.key(2), CFG)
     state = init_state(jax.tree.map(jnp.copy, params), CFG, tcfg)
@@ -111,6 +99,7 @@ def test_frozen_parts_stay_put_under_weight_decay_and_any_spelling():
     for name, value in after["layers"][1].items():
         np.testing.assert_array_equal(value, params["layers"][1][name])
     assert not np.array_equal(after["layers"][0]["w_h"], params["layers"][0]["w_h"])
+    assert not np.array_equal(after["head"]["w"], params["head"]["w"])
 
 
 def test_clipping_bounds_the_first_update():
