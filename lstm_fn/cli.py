@@ -12,6 +12,12 @@ from lstm_fn.vocab import CorpusError
 from reference_numpy.weights import WeightsError
 
 
+# Train defaults of the commands where they differ from TrainConfig's (steps only applies
+# without another stopping rule).
+PRETRAIN_DEFAULTS = {"steps": 5000}
+FINE_TUNE_DEFAULTS = {"steps": 1000, "learning_rate": 5e-4}
+
+
 class BadInput(click.ClickException):
     """Bad input from the user: one line on stderr, exit code 2."""
 
@@ -101,7 +107,7 @@ def gradnorms(steps, num_layers, hidden_size, seed):
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where the best model is written as JSON weights [default: model.json; "
                    "on --resume, the run's own].")
-@run_options
+@run_options(PRETRAIN_DEFAULTS)
 def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
     """Train a model from scratch on CORPUS.
 
@@ -109,7 +115,7 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
     verified), or nothing for the built-in offline corpus (Python's own documentation text).
     """
     run_command("pretrain", corpus, config_path, run_dir, out, resume, data_dir, None,
-                {"steps": 5000}, options)
+                PRETRAIN_DEFAULTS, options)
 
 
 @cli.command("fine-tune")
@@ -118,7 +124,7 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Where the best fine-tuned model is written [default: tuned.json; on "
                    "--resume, the run's own].")
-@run_options
+@run_options(FINE_TUNE_DEFAULTS, {"vocab": "the base model's"})
 def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **options):
     """Continue training the model in --from on CORPUS.
 
@@ -128,7 +134,7 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
     if base_path is None and not resume:
         raise click.UsageError("Missing option '--from'.")
     run_command("fine-tune", corpus, config_path, run_dir, out, resume, data_dir, base_path,
-                {"steps": 1000, "learning_rate": 5e-4}, options)
+                FINE_TUNE_DEFAULTS, options)
 
 
 def _read_prime(prime: str | None, vocab) -> str | bytes:

@@ -54,8 +54,9 @@ MODEL_OPTIONS = [
 ]
 
 
-def _train_options(command):
-    """Add one option per TrainConfig field, default None (= keep the config file's value)."""
+def _train_options(command, defaults: dict):
+    """Add one option per TrainConfig field, default None (= keep the config file's value);
+    the help shows ``defaults`` (the command's own, see :func:`run_options`) where given."""
     import dataclasses
     import typing
 
@@ -67,8 +68,10 @@ def _train_options(command):
         kind = hints[field.name]
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
         multiple = typing.get_origin(kind) is tuple
-        default = "none" if field.default is None else (
-            "" if multiple else field.default)
+        default = defaults.get(field.name, "none" if field.default is None else (
+            "" if multiple else field.default))
+        if field.name == "steps" and "steps" in defaults:
+            default = f"{default} when neither --epochs nor --minutes is given"
         command = click.option(
             flag, field.name, type=str if multiple else base, multiple=multiple,
             default=None, show_default=False,
@@ -76,20 +79,24 @@ def _train_options(command):
     return command
 
 
-def run_options(command):
-    for option in reversed([
-        click.argument("corpus", required=False),
-        click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                     help="JSON config with 'model' and 'train' sections; options override it."),
-        click.option("--run-dir", type=click.Path(file_okay=False),
-                     help="Run directory [default: runs/<corpus>-<time>]."),
-        click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default="data",
-                     help="Where corpus names are looked up and fetched to."),
-        *MODEL_OPTIONS,
-    ]):
-        command = option(command)
-    return _train_options(command)
+def run_options(defaults: dict, shown: dict | None = None):
+    """The options of a training command whose own train defaults are ``defaults``
+    (``shown``: help-only defaults, e.g. fine-tune's vocabulary)."""
+    def decorate(command):
+        for option in reversed([
+            click.argument("corpus", required=False),
+            click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                         help="JSON config with 'model' and 'train' sections; options override it."),
+            click.option("--run-dir", type=click.Path(file_okay=False),
+                         help="Run directory [default: runs/<corpus>-<time>]."),
+            click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
+            click.option("--data-dir", type=click.Path(file_okay=False), default="data",
+                         help="Where corpus names are looked up and fetched to."),
+            *MODEL_OPTIONS,
+        ]):
+            command = option(command)
+        return _train_options(command, {**defaults, **(shown or {})})
+    return decorate
 
 
 def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, base_path,
@@ -105,7 +112,7 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     from lstm_fn.config import STOPPING_RULES, ConfigError, read_config_file, resolve
     from lstm_fn.run import RunSpec, run
 
-    if out is not None and (out.endswith(("/", os.sep)) or Path(out).is_dir()):
+    if out is not None and out.endswith(("/", os.sep)):
         raise ConfigError(f"--out {out!r} is a folder; give a file name")
     model_keys = ("cell", "embed_size", "hidden_size", "num_layers", "dropout")
     model_overrides = {k: options.pop(k) for k in model_keys}
@@ -122,7 +129,8 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
         run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
                    Path("model.json" if command == "pretrain" else "tuned.json"), resume,
-                   Path(data_dir), base_path and Path(base_path), given)
+                   Path(data_dir), base_path and Path(base_path),
+                   config_path and Path(config_path), given)
     click.echo(f"run directory: {spec.run_dir}", err=True)
     result = run(spec)
     if result.message:
@@ -131,6 +139,5 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
         if result.out.exists():
             click.echo(f"best model: {result.out} (validation {result.best_val:.4f} nats/char)")
         else:
-            click.echo(f"no model written to {result.out}: the run was already at its last "
-                       "step, so nothing was evaluated", err=True)
+            click.echo(f"no model written to {result.out}: no evaluation has run", err=True)
     sys.exit(result.exit_code)

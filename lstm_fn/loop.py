@@ -16,7 +16,7 @@ import numpy as np
 from lstm_fn import checkpoint, data
 from lstm_fn.optim import ValTracker
 from lstm_fn.parallel import batch_mesh
-from lstm_fn.train import evaluate, make_train_step
+from lstm_fn.train import evaluate, make_train_step, state_layout
 from lstm_fn.weights import save_weights
 from reference_numpy.atomic import atomic_write
 
@@ -116,8 +116,12 @@ def _step_of(line: str) -> int | None:
 def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, total_steps):
     """Run updates until a stopping rule, a signal or a non-finite loss; see run.run."""
     ckpt_dir = spec.run_dir / "checkpoints"
-    abstract = jax.eval_shape(lambda: state)
-    tracker, seconds_before = ValTracker(tcfg), 0.0
+    # Restored onto one device whatever layout it was saved from, then laid out for this
+    # run's devices: a run may resume on another number of devices.
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
+                            jax.eval_shape(lambda: state))
+    tracker, seconds_before, losses = ValTracker(tcfg), 0.0, []
     with checkpoint.open_manager(ckpt_dir, keep=tcfg.keep_checkpoints) as manager:
         restored = checkpoint.restore(manager, abstract) if spec.resume else None
         if spec.resume and restored is None:
@@ -128,6 +132,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             state = restored.state
             tracker = ValTracker(tcfg, **restored.meta["tracker"])
             seconds_before = restored.meta["seconds"]
+            losses = restored.meta.get("losses", [])  # since the last evaluation
             log(f"resumed from checkpoint {restored.step}")
         step = int(state["step"])
         last_ckpt = restored.step if restored is not None else None
@@ -135,17 +140,19 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         if mesh is not None:
             log(f"batch of {tcfg.batch_size} split over {mesh.size} devices")
         train_step = make_train_step(cfg, tcfg, total_steps, mesh)
+        if mesh is not None:
+            state = jax.device_put(state, state_layout(mesh))
         metrics_file = _metrics_log(spec.run_dir / "metrics.jsonl", step)
         progress = Progress(total_steps, tcfg.minutes)
         chars_per_step = tcfg.batch_size * tcfg.seq_len
-        started, losses, timed_from, timed_steps = time.monotonic(), [], None, 0
+        started, timed_from, timed_steps = time.monotonic(), None, 0
         status, message, received = "done", "", None
 
         def save_checkpoint():
             nonlocal last_ckpt
             if last_ckpt == step:
                 return
-            meta = {"tracker": tracker.as_dict(), "position": step,
+            meta = {"tracker": tracker.as_dict(), "position": step, "losses": losses,
                     "seconds": seconds_before + time.monotonic() - started}
             checkpoint.save(manager, step, state, meta)
             last_ckpt = step
@@ -155,9 +162,11 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             status = "nonfinite"
             where = (f"checkpoint {last_ckpt} in {str(ckpt_dir)!r}" if last_ckpt is not None
                      else "no checkpoint yet")
+            best = (f"{spec.out} keeps the best model" if spec.out.exists()
+                    else "no model was written")
             message = (f"{what} at step {step}; stopped without saving. Last good: {where}; "
-                       f"{spec.out} keeps the best model. Try a lower --lr or --grad-clip, "
-                       "then --resume")
+                       f"{best}. A resume would repeat the same steps: start a new run "
+                       "with a lower --lr or --grad-clip")
 
         def run_eval():
             """Evaluate, log and export a new best; False (nothing saved) on a non-finite

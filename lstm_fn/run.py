@@ -52,6 +52,7 @@ class RunSpec:
     resume: bool = False
     data_dir: Path = Path("data")
     base_path: Path | None = None
+    config_path: Path | None = None  # the --config file, never overwritten
     train_given: frozenset = frozenset()  # train fields set explicitly (checked on resume)
     base: tuple | None = None  # (params, ModelConfig, Vocab) of base_path, loaded by run()
 
@@ -77,24 +78,61 @@ def _prepare_dir(spec: RunSpec) -> dict | None:
     return None
 
 
-def _settle_paths(spec: RunSpec, saved: dict | None) -> RunSpec:
-    """``spec`` with ``out``, ``base_path`` and ``base`` filled in and checked: on a resume,
-    what the run recorded unless given again; nothing that would overwrite an input."""
+def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | None]:
+    """``spec`` with ``out``, ``base_path`` and ``base`` filled in and checked (on a resume,
+    what the run recorded unless given again), and the corpus's absolute path (None for the
+    built-in one). Refuses an ``out`` that is a folder or would overwrite an input or a
+    file of the run."""
+    location = _corpus_location(spec, saved)
     out = spec.out or Path((saved or {}).get("out") or spec.default_out)
+    if out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; give a file name")
     base_path = spec.base_path
     if spec.command == "fine-tune" and base_path is None:
         if not (saved and saved.get("base")):
             raise ConfigError("fine-tune needs --from, the weights file to start from")
         base_path = Path(saved["base"])
-    inputs = {"the corpus": saved["corpus"] if saved else
-              data.corpus_location(spec.corpus, spec.data_dir),
-              "the base model (--from)": base_path,
-              "the run's config.json": spec.run_dir / "config.json"}
+        if not base_path.exists():
+            if not checkpoint.all_steps(spec.run_dir / "checkpoints"):
+                raise ConfigError(f"the run's base model {str(base_path)!r} is gone and the "
+                                  "run has no checkpoint yet; pass --from")
+            base_path = None  # the checkpoints hold the weights
+    inputs = {"the corpus": location, "the base model (--from)": base_path,
+              "the --config file": spec.config_path,
+              **{f"the run's {name}": spec.run_dir / name
+                 for name in ("config.json", "metrics.jsonl", "loss.png")}}
     for what, path in inputs.items():
         if path is not None and Path(path).resolve() == out.resolve():
             raise ConfigError(f"--out {str(out)!r} is {what}; choose another file")
+    if out.resolve().is_relative_to((spec.run_dir / "checkpoints").resolve()):
+        raise ConfigError(f"--out {str(out)!r} is inside the run's checkpoints; choose "
+                          "another file")
     base = load_weights(base_path) if base_path is not None else None
-    return dataclasses.replace(spec, out=out, base_path=base_path, base=base)
+    return dataclasses.replace(spec, out=out, base_path=base_path, base=base), location
+
+
+def _corpus_location(spec: RunSpec, saved: dict | None) -> str | None:
+    """The corpus's absolute path; on a resume the run's own, which a given corpus must be."""
+    given = None if spec.corpus is None else data.corpus_location(spec.corpus, spec.data_dir)
+    if saved is None:
+        return given
+    recorded = saved["corpus"]
+    if given is not None and recorded is not None and not Path(recorded).is_absolute() and \
+            Path(given).name == Path(recorded).name:
+        return given  # recorded relative to another folder (older config.json files)
+    location = data.corpus_location(recorded, spec.data_dir)
+    if given is not None and given != location:
+        name = repr(recorded) if recorded else "the built-in corpus"
+        raise ConfigError(f"--resume: the run trains on {name}, not {spec.corpus!r}")
+    return location
+
+
+def _keep_best_at_new_out(spec: RunSpec, saved: dict) -> None:
+    """A resume given another ``--out`` starts it with the run's best model so far."""
+    old = Path(saved.get("out") or spec.default_out)
+    if old.exists() and not spec.out.exists() and old.resolve() != spec.out.resolve():
+        atomic_write(spec.out, old.read_bytes())
+        log(f"copied the best model so far from {old} to {spec.out}")
 
 
 def _resumed_config(spec: RunSpec, saved: dict) -> tuple[dict, TrainConfig]:
@@ -215,14 +253,10 @@ def _remove_stale_temp_files(spec: RunSpec) -> None:
 def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
     saved = _prepare_dir(spec)
-    spec = _settle_paths(spec, saved)
+    spec, location = _settle_paths(spec, saved)
     model, tcfg = (spec.model, spec.train) if saved is None else _resumed_config(spec, saved)
     if saved is None and spec.base is not None and "vocab" not in spec.train_given:
         tcfg = dataclasses.replace(tcfg, vocab=spec.base[2].encoding)  # the base model's
-    location = data.corpus_location(saved["corpus"] if saved else spec.corpus, spec.data_dir)
-    if saved and spec.corpus is not None and \
-            data.corpus_location(spec.corpus, spec.data_dir) != location:
-        raise ConfigError(f"--resume: the run trains on {saved['corpus']!r}, not {spec.corpus!r}")
     corpus = data.load_corpus(location if saved else spec.corpus, data_dir=spec.data_dir,
                               encoding=tcfg.vocab)
     model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.vocab, tcfg.seed)
@@ -240,13 +274,14 @@ def run(spec: RunSpec) -> RunResult:
     _check_memory(cfg)
     _check_output_room(spec, cfg)
     _remove_stale_temp_files(spec)
-    if saved is None:
-        atomic_write(spec.run_dir / "config.json", json.dumps({
-            "corpus": location, "out": str(spec.out.resolve()),
-            "base": str(spec.base_path.resolve()) if spec.base_path else None,
-            "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
-            "vocab": list(vocab.symbols), "encoding": vocab.encoding},
-            indent=1, ensure_ascii=False))
+    if saved is not None:
+        _keep_best_at_new_out(spec, saved)
+    # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
+    base = os.path.abspath(spec.base_path) if spec.base_path else (saved or {}).get("base")
+    atomic_write(spec.run_dir / "config.json", json.dumps({
+        "corpus": location, "out": os.path.abspath(spec.out), "base": base,
+        "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
+        "vocab": list(vocab.symbols), "encoding": vocab.encoding}, indent=1, ensure_ascii=False))
     if params is None:
         params = init(jax.random.key(tcfg.seed), cfg)
     log(f"corpus {corpus.name}: {len(ids):,} symbols, vocabulary {len(vocab)}, splits "

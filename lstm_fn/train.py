@@ -83,7 +83,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
 
     With a ``mesh`` (:func:`lstm_fn.parallel.batch_mesh`), the batch and the carry are split
     over its devices and everything else is replicated (:func:`lstm_fn.parallel.split_batch`);
-    the state may come in on any device and leaves laid out that way.
+    the state comes in and leaves laid out as :func:`state_layout` (a fresh, uncommitted
+    state is placed by the call; a restored one needs ``jax.device_put``).
     """
     tx = make_optimizer(tcfg)
     schedule = make_schedule(tcfg, total_steps)
@@ -112,10 +113,16 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     one, batch = parallel.replicated(mesh), parallel.batch_split(mesh)
-    state_layout = {"params": one, "opt_state": one, "carry": batch, "step": one,
-                    "lr_scale": one}
-    return jax.jit(step, donate_argnums=0, in_shardings=(state_layout, batch, batch, one),
-                   out_shardings=(state_layout, one))
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_layout(mesh), batch, batch, one),
+                   out_shardings=(state_layout(mesh), one))
+
+
+def state_layout(mesh: Mesh) -> dict:
+    """Where a training state lives on ``mesh``: the carry split over the batch, the rest
+    replicated (a prefix of the state's tree, for ``jax.device_put`` and ``jax.jit``)."""
+    one = parallel.replicated(mesh)
+    return {"params": one, "opt_state": one, "carry": parallel.batch_split(mesh), "step": one,
+            "lr_scale": one}
 
 
 def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):

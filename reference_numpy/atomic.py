@@ -19,6 +19,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     a ``.NAME.*.tmp`` file, which the next run removes.
     """
     path = Path(path)
+    if path.is_symlink():  # replace the file it points to and keep the link
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     mode = _mode_for(path)

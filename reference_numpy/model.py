@@ -95,7 +95,7 @@ def _softmax_cross_entropy(logits, targets, loss_mask):
     targets = np.asarray(targets)[..., None]
     nll = -np.take_along_axis(log_probs, targets, axis=-1)[..., 0]  # [B, T]
     weight = np.ones_like(nll) if loss_mask is None else np.asarray(loss_mask, nll.dtype)
-    weight = weight / weight.sum()
+    weight = weight / (weight.sum() or 1.0)  # an all-zero mask: loss 0, no gradient
     # d(-log softmax_y)/dlogits = softmax - onehot(y), scaled by each position's weight
     dlogits = np.exp(log_probs)
     np.put_along_axis(dlogits, targets, np.take_along_axis(dlogits, targets, -1) - 1.0, -1)

@@ -28,9 +28,9 @@ def next_token_probs(logits, *, temperature=1.0, top_k=None, top_p=None) -> np.n
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         keep = min(keep, top_k)
-    if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None and top_p < 1.0:  # 1 keeps every token, however small
         # first position where the running mass reaches top_p, kept inclusive
         reach = np.searchsorted(np.cumsum(probs[order]), top_p, side="left") + 1
         keep = min(keep, int(reach))

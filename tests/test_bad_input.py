@@ -233,9 +233,14 @@ def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, corp
     assert again.exit_code == 0, again.output
     assert "best model: " + str(tmp_path / "best.json") in again.stdout
     assert not (tmp_path / "sub" / "model.json").exists()
-    idle = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
-                  "--out", "elsewhere.json")
-    assert idle.exit_code == 0 and "no model written to elsewhere.json" in idle.stderr
+    moved = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
+                   "--out", "elsewhere.json")  # no step left: the best so far is copied
+    assert moved.exit_code == 0 and "copied the best model so far" in moved.stderr
+    assert (tmp_path / "sub" / "elsewhere.json").read_bytes() == \
+        (tmp_path / "best.json").read_bytes()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["out"] == str(tmp_path / "sub" / "elsewhere.json")
+    assert recorded["train"]["steps"] == 4  # a later plain --resume keeps what was given
     assert_refused(invoke("pretrain", corpus, "--resume", "--run-dir", "../run", "--steps", "6"),
                    "the run trains on")
 
@@ -256,6 +261,15 @@ def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, corpu
     assert_refused(invoke("fine-tune", "--resume", *run[:2], "--steps", "6", "--from",
                           tmp_path / "gru.json"), "not the model this run fine-tunes")
     assert_refused(invoke("fine-tune", corpus, "--steps", "2"), "--from")
+    # the base model may go away once the run has a checkpoint
+    base = tmp_path / "base.json"
+    base.write_bytes(model_file.read_bytes())
+    run2 = ["--run-dir", tmp_path / "run2", *run[2:]]
+    assert invoke("fine-tune", corpus, "--from", base, "--out", tmp_path / "t2.json",
+                  *run2).exit_code == 0
+    base.unlink()
+    result = invoke("fine-tune", "--resume", *run2[:2], "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
 
 
 def test_resume_without_a_run_is_refused(tmp_path, corpus):
@@ -291,6 +305,13 @@ def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, corpus, model
     assert model_file.read_bytes() == before
     assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir",
                           tmp_path / "r3", "--out", str(tmp_path / "newdir") + "/"), "folder")
+    config = tmp_path / "c.json"
+    config.write_text('{"train": {"steps": 2}}')
+    assert_refused(invoke("pretrain", corpus, *TINY, "--config", config, "--run-dir",
+                          tmp_path / "r4", "--out", config), "the --config file")
+    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r5", "--out", tmp_path / "r5" / "metrics.jsonl"),
+                   "metrics.jsonl")
     assert not (tmp_path / "newdir").exists()
 
 

@@ -68,7 +68,7 @@ def test_cli_run_split_over_two_devices_resumes_exactly(corpus, tmp_path):
     options = [*TINY, "--batch-size", "16", "--eval-every", "5", "--checkpoint-every", "5",
                "--sample-every", "10", "--sample-length", "20"]
 
-    def pretrain(work, steps, *extra):
+    def pretrain(work, steps, *extra, env=env):
         result = lstm_fn("pretrain", corpus, *options, "--steps", steps, "--run-dir",
                          work / "run", "--out", work / "model.json", *extra, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -80,6 +80,12 @@ def test_cli_run_split_over_two_devices_resumes_exactly(corpus, tmp_path):
     assert "resumed from checkpoint 10" in resumed.stderr
     assert ((tmp_path / "resumed" / "model.json").read_bytes()
             == (tmp_path / "straight" / "model.json").read_bytes())
+    # The checkpoints restore onto whatever devices the next run has: one, then two again.
+    one_device = {k: v for k, v in os.environ.items() if k != "LSTM_FN_CPU_DEVICES"}
+    assert "resumed from checkpoint 20" in pretrain(tmp_path / "resumed", 25, "--resume",
+                                                    env=one_device).stderr
+    assert "resumed from checkpoint 25" in pretrain(tmp_path / "resumed", 30,
+                                                    "--resume").stderr
 
 
 def test_cli_refuses_a_bad_device_count():

@@ -122,6 +122,10 @@ def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from checkpoint {killed_at}" in resumed.stderr
     assert (work / "model.json").read_bytes() == (tmp_path / "a" / "model.json").read_bytes()
+    # the training loss reported at step 400 averages steps from both sides of the kill
+    rows = [[json.loads(line) for line in (folder / "run" / "metrics.jsonl").open()]
+            for folder in (tmp_path / "a", work)]
+    assert rows[0][-1]["train_loss"] == rows[1][-1]["train_loss"]
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ def test_top_p_one_keeps_even_the_tiniest_tokens():
     for top_p in (1.0, jnp.float32(1.0)):
         assert np.isfinite(filter_logits(logits, temperature=1.0, top_k=None, top_p=top_p)).all()
     assert np.isinf(filter_logits(logits, temperature=1.0, top_k=None, top_p=0.9)).sum() == 3
+    assert (next_token_probs(np.array([50.0, 0.0, -30.0, -80.0]), top_p=1.0) > 0).all()
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=str)

@@ -158,3 +158,12 @@ def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
     kept.chmod(0o640)
     atomic_write(kept, "new")
     assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
+
+
+def test_writing_through_a_symbolic_link_keeps_the_link(tmp_path):
+    from reference_numpy.atomic import atomic_write
+
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    atomic_write(tmp_path / "link.json", "new")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
