@@ -10,6 +10,8 @@ from pathlib import Path
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` so that ``path`` is always either the old whole file or the new one.
+    The new file keeps the old one's permissions (else the umask's); through a symbolic
+    link, the file it points to is replaced and the link kept.
 
     A temp file in the same folder is written and fsynced, renamed over ``path`` (atomic on
     POSIX and Windows), then the folder is fsynced so the rename survives a power cut. On
@@ -24,8 +26,9 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     mode = _mode_for(path)
-    tmp = _write_unnamed(path, payload, mode) or _write_named(path, payload, mode)
+    tmp = _write_unnamed(path, payload) or _write_named(path, payload)
     try:
+        os.chmod(tmp, mode)  # temp files are created 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -49,12 +52,10 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _write_named(path: Path, payload: bytes, mode: int) -> str:
+def _write_named(path: Path, payload: bytes) -> str:
     """The whole payload in a new fsynced ``.NAME.*.tmp`` file beside ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if hasattr(os, "fchmod"):  # POSIX
-            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -65,7 +66,7 @@ def _write_named(path: Path, payload: bytes, mode: int) -> str:
     return tmp
 
 
-def _write_unnamed(path: Path, payload: bytes, mode: int) -> str | None:
+def _write_unnamed(path: Path, payload: bytes) -> str | None:
     """Like :func:`_write_named`, but written as an unnamed ``O_TMPFILE`` that is linked to
     its temp name only once whole; None where the OS or file system cannot do that."""
     if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
@@ -75,7 +76,6 @@ def _write_unnamed(path: Path, payload: bytes, mode: int) -> str | None:
     except OSError:  # e.g. a file system without O_TMPFILE
         return None
     with os.fdopen(fd, "wb") as f:  # a failure here (disk full) leaves nothing behind
-        os.fchmod(f.fileno(), mode)
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
