@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 # GPUs default to TF32 matmuls; comparisons of numbers need true float32.
 jax.config.update("jax_default_matmul_precision", "float32")
@@ -74,3 +75,54 @@ def lstm_fn(*args, timeout=300, **kwargs):
     """Run the real console command in a subprocess; text output captured."""
     return subprocess.run(lstm_fn_command(*args), text=True, capture_output=True,
                           timeout=timeout, **kwargs)
+
+
+# ------------------------------------------------------- CLI checks run in-process (click)
+
+# One batch of the TINY model needs 4 * 16 + 1 = 65 characters.
+SHORT_TEXT = "the cat sat on the mat.\nthe dog ate the hat,\n" * 40
+
+
+def invoke(*args):
+    """Run the click command in-process; stderr is kept apart from stdout."""
+    from lstm_fn.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_refused(result, *needles):
+    """Exit 2, exactly one ``Error:`` line on stderr containing every needle, no traceback."""
+    shown = f"exit {result.exit_code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.exit_code == 2, shown + f"\nexception: {result.exception!r}"
+    assert isinstance(result.exception, SystemExit), shown  # not an uncaught exception
+    assert "Traceback" not in result.output, shown
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, shown
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def listing(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes (to show that nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def short_corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "good.txt"
+    path.write_text(SHORT_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    """An untrained TINY model over SHORT_TEXT's characters (no training needed to load it)."""
+    import lstm_fn
+
+    vocab = lstm_fn.Vocab.from_text(SHORT_TEXT)
+    cfg = lstm_fn.ModelConfig("lstm", len(vocab), embed_size=8, hidden_size=32, num_layers=2)
+    path = tmp_path_factory.mktemp("model") / "model.json"
+    lstm_fn.save_weights(path, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    return path

@@ -15,67 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import pytest
-from click.testing import CliRunner
 
-import lstm_fn
-from lstm_fn.cli import cli
 from lstm_fn.weights import WeightsError, load_weights
 from reference_numpy import spec
-from conftest import TINY, lstm_fn_command
-
-# One batch of the TINY model needs 4 * 16 + 1 = 65 characters.
-TEXT = "the cat sat on the mat.\nthe dog ate the hat,\n" * 40
-
-
-def invoke(*args):
-    """Run the click command in-process; stderr is kept apart from stdout."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_refused(result, *needles):
-    """Exit 2, exactly one ``Error:`` line on stderr containing every needle, no traceback."""
-    shown = f"exit {result.exit_code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    assert result.exit_code == 2, shown + f"\nexception: {result.exception!r}"
-    assert isinstance(result.exception, SystemExit), shown  # not an uncaught exception
-    assert "Traceback" not in result.output, shown
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, shown
-    for needle in needles:
-        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
+from conftest import SHORT_TEXT, TINY, assert_refused, invoke, lstm_fn_command
 
 
 def lstm_fn_popen(*args, **kwargs):
     """The real console command in a subprocess (persistent compile cache as configured)."""
     cache_dir = kwargs.pop("cache_dir")
     env = {**os.environ, "LSTM_FN_CACHE": os.environ.get("LSTM_FN_CACHE") or str(cache_dir)}
-    return subprocess.Popen(lstm_fn_command(*args), env=env,
-                            **kwargs)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "good.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """An untrained tiny model over the corpus' characters (no training needed to load it)."""
-    vocab = lstm_fn.Vocab.from_text(TEXT)
-    cfg = lstm_fn.ModelConfig("lstm", len(vocab), embed_size=8, hidden_size=32, num_layers=2)
-    path = tmp_path_factory.mktemp("model") / "model.json"
-    lstm_fn.save_weights(path, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
-    return path
-
-
-def listing(folder: Path) -> dict:
-    """Every file under ``folder`` with its bytes (to show that nothing changed)."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return subprocess.Popen(lstm_fn_command(*args), env=env, **kwargs)
 
 
 # ------------------------------------------------------------------------------ the corpus
@@ -139,20 +90,20 @@ def test_eval_refuses_a_non_utf8_corpus(tmp_path, model_file):
     ("{\"train\": {", ["not valid JSON"]),
     (b"{\"train\": {\"seed\": \xff}}", ["not UTF-8"]),
 ])
-def test_bad_config_file_names_the_key(tmp_path, corpus, doc, needles):
+def test_bad_config_file_names_the_key(tmp_path, short_corpus, doc, needles):
     config = tmp_path / "config.json"
     if isinstance(doc, bytes):
         config.write_bytes(doc)
     else:
         config.write_text(doc if isinstance(doc, str) else json.dumps(doc), encoding="utf-8")
-    result = invoke("pretrain", corpus, "--config", config, "--run-dir", tmp_path / "run",
+    result = invoke("pretrain", short_corpus, "--config", config, "--run-dir", tmp_path / "run",
                     "--out", tmp_path / "m.json")
     assert_refused(result, *needles)
     assert not (tmp_path / "run").exists() and not (tmp_path / "m.json").exists()
 
 
-def test_missing_config_file_is_named(tmp_path, corpus):
-    result = invoke("pretrain", corpus, "--config", tmp_path / "none.json",
+def test_missing_config_file_is_named(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, "--config", tmp_path / "none.json",
                     "--run-dir", tmp_path / "run")
     assert_refused(result, "cannot read config", "none.json")
 
@@ -169,8 +120,8 @@ def test_missing_config_file_is_named(tmp_path, corpus):
     (["--optimizer", "lbfgs"], ["train.optimizer", "adam, adamw, sgd, rmsprop"]),
     (["--freeze", "middle"], ["train.freeze", "'middle'"]),
 ])
-def test_out_of_range_training_option_names_key_and_range(tmp_path, corpus, option, needles):
-    result = invoke("pretrain", corpus, *TINY, "--steps", "5", *option,
+def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option, needles):
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "5", *option,
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert_refused(result, *needles)
     assert not (tmp_path / "run").exists() and not (tmp_path / "m.json").exists()
@@ -193,141 +144,6 @@ def test_temperature_zero_is_fine_when_greedy(model_file):
                     "--greedy", "--prime", "the")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("the") and len(result.stdout) == len("the") + 5 + 1
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, corpus):
-    """A real (very short) pretraining run: run directory, checkpoint and best model."""
-    work = tmp_path_factory.mktemp("run")
-    result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--eval-every", "2",
-                    "--run-dir", work / "run", "--out", work / "model.json")
-    assert result.exit_code == 0, result.output
-    return work
-
-
-@pytest.mark.parametrize("option, needles", [
-    (["--hidden-size", "16"], ["--resume", "model.hidden_size is 32 in the run", "16"]),
-    (["--cell", "gru"], ["model.cell is 'lstm' in the run", "'gru'"]),
-    (["--lr", "0.1"], ["train.learning_rate is 0.002 in the run", "0.1"]),
-    (["--batch-size", "8"], ["train.batch_size is 4 in the run", "8"]),
-])
-def test_resume_with_another_shape_names_the_field(finished_run, corpus, option, needles):
-    before = listing(finished_run)
-    result = invoke("pretrain", corpus, "--resume", "--run-dir", finished_run / "run",
-                    "--out", finished_run / "model.json", "--steps", "4", *option)
-    assert_refused(result, *needles)
-    assert listing(finished_run) == before
-
-
-def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, corpus,
-                                                                  monkeypatch):
-    """config.json keeps absolute paths; --out defaults to the run's own on a resume."""
-    (tmp_path / "tiny.txt").write_bytes(corpus.read_bytes())
-    (tmp_path / "sub").mkdir()
-    monkeypatch.chdir(tmp_path)
-    first = invoke("pretrain", "tiny.txt", *TINY, "--steps", "2", "--eval-every", "2",
-                   "--run-dir", "run", "--out", "best.json")
-    assert first.exit_code == 0, first.output
-    monkeypatch.chdir(tmp_path / "sub")
-    again = invoke("pretrain", "../tiny.txt", "--resume", "--run-dir", "../run", "--steps", "4")
-    assert again.exit_code == 0, again.output
-    assert "best model: " + str(tmp_path / "best.json") in again.stdout
-    assert not (tmp_path / "sub" / "model.json").exists()
-    moved = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
-                   "--out", "elsewhere.json")  # no step left: the best so far is copied
-    assert moved.exit_code == 0 and "copied the best model so far" in moved.stderr
-    assert (tmp_path / "sub" / "elsewhere.json").read_bytes() == \
-        (tmp_path / "best.json").read_bytes()
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert recorded["out"] == str(tmp_path / "sub" / "elsewhere.json")
-    assert recorded["train"]["steps"] == 4  # a later plain --resume keeps what was given
-    assert_refused(invoke("pretrain", corpus, "--resume", "--run-dir", "../run", "--steps", "6"),
-                   "the run trains on")
-
-
-def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, corpus,
-                                                                 model_file):
-    run = ["--run-dir", tmp_path / "run", "--steps", "2", "--eval-every", "2",
-           "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
-    result = invoke("fine-tune", corpus, "--from", model_file, "--out", tmp_path / "t.json",
-                    *run)
-    assert result.exit_code == 0, result.output
-    result = invoke("fine-tune", "--resume", *run[:2], "--steps", "4")
-    assert result.exit_code == 0 and str(tmp_path / "t.json") in result.stdout, result.output
-    vocab = lstm_fn.Vocab.from_text(TEXT)
-    other = lstm_fn.ModelConfig("gru", len(vocab), embed_size=8, hidden_size=16, num_layers=1)
-    lstm_fn.save_weights(tmp_path / "gru.json", lstm_fn.init(jax.random.key(0), other), other,
-                         vocab)
-    assert_refused(invoke("fine-tune", "--resume", *run[:2], "--steps", "6", "--from",
-                          tmp_path / "gru.json"), "not the model this run fine-tunes")
-    assert_refused(invoke("fine-tune", corpus, "--steps", "2"), "--from")
-    # the base model may go away once the run has a checkpoint
-    base = tmp_path / "base.json"
-    base.write_bytes(model_file.read_bytes())
-    run2 = ["--run-dir", tmp_path / "run2", *run[2:]]
-    assert invoke("fine-tune", corpus, "--from", base, "--out", tmp_path / "t2.json",
-                  *run2).exit_code == 0
-    base.unlink()
-    result = invoke("fine-tune", "--resume", *run2[:2], "--steps", "4")
-    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
-
-
-def test_resume_without_a_run_is_refused(tmp_path, corpus):
-    result = invoke("pretrain", corpus, "--resume", "--run-dir", tmp_path / "run",
-                    "--steps", "4")
-    assert_refused(result, "holds no run")
-
-
-def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, corpus):
-    """Checks that need the model (a frozen layer it lacks, cosine without a length) come
-    before anything is written, and a run that wrote only its config can be started again."""
-    run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
-    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--freeze", "5", *run),
-                   "train.freeze names layer 5")
-    assert_refused(invoke("pretrain", corpus, *TINY, "--minutes", "1", "--schedule", "cosine",
-                          *run), "cosine")
-    assert not (tmp_path / "run").exists()
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text("{}")  # as if killed before any progress
-    result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--eval-every", "2", *run)
-    assert result.exit_code == 0, result.output
-
-
-def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, corpus, model_file):
-    victim = tmp_path / "victim.txt"
-    victim.write_text(TEXT, encoding="utf-8")
-    assert_refused(invoke("pretrain", victim, *TINY, "--steps", "2", "--run-dir",
-                          tmp_path / "r1", "--out", victim), "is the corpus")
-    assert victim.read_text(encoding="utf-8") == TEXT
-    before = model_file.read_bytes()
-    assert_refused(invoke("fine-tune", corpus, "--from", model_file, "--steps", "2",
-                          "--run-dir", tmp_path / "r2", "--out", model_file), "base model")
-    assert model_file.read_bytes() == before
-    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir",
-                          tmp_path / "r3", "--out", str(tmp_path / "newdir") + "/"), "folder")
-    config = tmp_path / "c.json"
-    config.write_text('{"train": {"steps": 2}}')
-    assert_refused(invoke("pretrain", corpus, *TINY, "--config", config, "--run-dir",
-                          tmp_path / "r4", "--out", config), "the --config file")
-    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir",
-                          tmp_path / "r5", "--out", tmp_path / "r5" / "metrics.jsonl"),
-                   "metrics.jsonl")
-    assert not (tmp_path / "newdir").exists()
-
-
-def test_a_model_too_big_for_memory_is_refused(tmp_path, corpus):
-    result = invoke("pretrain", corpus, *TINY, "--hidden-size", str(10**9), "--steps", "2",
-                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
-    assert_refused(result, "parameters", "GiB to train", "--hidden-size")
-    assert not (tmp_path / "run").exists()
-
-
-def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, corpus):
-    result = invoke("pretrain", corpus, *TINY, "--epochs", "0.5", "--eval-every", "1000",
-                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
-    assert result.exit_code == 0, result.output
-    train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
-    assert train["steps"] is None and train["epochs"] == 0.5
 
 
 # ---------------------------------------------------------------------- weights files
@@ -415,9 +231,10 @@ def test_missing_weights_file_is_named(tmp_path):
     (["--embed-size", "4"], ["model.embed_size = 8", "4 was given"]),
     (["--vocab", "bytes"], ["base model uses vocab 'chars'", "--vocab chars"]),
 ])
-def test_fine_tune_refuses_an_incompatible_model(tmp_path, model_file, corpus, option, needles):
+def test_fine_tune_refuses_an_incompatible_model(tmp_path, model_file, short_corpus, option,
+                                                 needles):
     before = model_file.read_bytes()
-    result = invoke("fine-tune", corpus, "--from", model_file, *option, "--steps", "3",
+    result = invoke("fine-tune", short_corpus, "--from", model_file, *option, "--steps", "3",
                     "--batch-size", "4", "--seq-len", "16",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "tuned.json")
     assert_refused(result, *needles)
@@ -425,9 +242,9 @@ def test_fine_tune_refuses_an_incompatible_model(tmp_path, model_file, corpus, o
     assert model_file.read_bytes() == before
 
 
-def test_fine_tune_from_a_damaged_file_is_refused(tmp_path, model_file, corpus):
+def test_fine_tune_from_a_damaged_file_is_refused(tmp_path, model_file, short_corpus):
     path = damaged_weights(model_file, tmp_path, "truncated JSON")
-    result = invoke("fine-tune", corpus, "--from", path, "--steps", "3",
+    result = invoke("fine-tune", short_corpus, "--from", path, "--steps", "3",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "tuned.json")
     assert_refused(result, "bad.json", "not valid JSON")
     assert not (tmp_path / "run").exists()
@@ -485,5 +302,5 @@ def test_huge_length_streams(model_file, tmp_path):
         proc.communicate()
         errors.close()
     assert received.startswith(b"the ")
-    assert set(received.decode("utf-8", errors="strict")) <= set(TEXT)
+    assert set(received.decode("utf-8", errors="strict")) <= set(SHORT_TEXT)
     assert rss_kib < 2 * 1024 * 1024, f"peak memory {rss_kib} KiB"

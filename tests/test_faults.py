@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from lstm_fn.cli import cli
 from reference_numpy.weights import read_weights
-from conftest import TINY, lstm_fn, lstm_fn_command
+from conftest import TINY, assert_refused, invoke, listing, lstm_fn, lstm_fn_command
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -80,12 +78,6 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     folder = run_dir / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
         if folder.exists() else []
-
-
-def listing(folder: Path) -> dict:
-    """Every file under ``folder`` with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def metrics(run_dir: Path) -> list[tuple]:
@@ -290,19 +282,6 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_best_model(corpus, env, tmp_pa
 
 
 # ------------------------------------------------- unwritable folder and full disk
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_refused(result, *needles):
-    shown = f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), shown
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "Traceback" not in result.output, shown
-    for needle in needles:
-        assert needle in errors[0], shown
-
 
 def test_output_folder_under_a_file_is_refused_before_training(corpus, tmp_path):
     blocker = tmp_path / "not-a-folder"

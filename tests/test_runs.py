@@ -1,0 +1,146 @@
+"""Run directories through the real commands: resuming a run (from another folder, with
+another --out, for fine-tune without --from), what a resume may not change, and the checks
+that keep a run directory and the inputs of a run intact."""
+
+import json
+
+import jax
+import pytest
+
+import lstm_fn
+from conftest import SHORT_TEXT, TINY, assert_refused, invoke, listing
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, short_corpus):
+    """A real (very short) pretraining run: run directory, checkpoint and best model."""
+    work = tmp_path_factory.mktemp("run")
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2",
+                    "--run-dir", work / "run", "--out", work / "model.json")
+    assert result.exit_code == 0, result.output
+    return work
+
+
+@pytest.mark.parametrize("option, needles", [
+    (["--hidden-size", "16"], ["--resume", "model.hidden_size is 32 in the run", "16"]),
+    (["--cell", "gru"], ["model.cell is 'lstm' in the run", "'gru'"]),
+    (["--lr", "0.1"], ["train.learning_rate is 0.002 in the run", "0.1"]),
+    (["--batch-size", "8"], ["train.batch_size is 4 in the run", "8"]),
+])
+def test_resume_with_another_shape_names_the_field(finished_run, short_corpus, option, needles):
+    before = listing(finished_run)
+    result = invoke("pretrain", short_corpus, "--resume", "--run-dir", finished_run / "run",
+                    "--out", finished_run / "model.json", "--steps", "4", *option)
+    assert_refused(result, *needles)
+    assert listing(finished_run) == before
+
+
+def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, short_corpus,
+                                                                  monkeypatch):
+    """config.json keeps absolute paths; --out defaults to the run's own on a resume."""
+    (tmp_path / "tiny.txt").write_bytes(short_corpus.read_bytes())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = invoke("pretrain", "tiny.txt", *TINY, "--steps", "2", "--eval-every", "2",
+                   "--run-dir", "run", "--out", "best.json")
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path / "sub")
+    again = invoke("pretrain", "../tiny.txt", "--resume", "--run-dir", "../run", "--steps", "4")
+    assert again.exit_code == 0, again.output
+    assert "best model: " + str(tmp_path / "best.json") in again.stdout
+    assert not (tmp_path / "sub" / "model.json").exists()
+    moved = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
+                   "--out", "elsewhere.json")  # no step left: the best so far is copied
+    assert moved.exit_code == 0 and "copied the best model so far" in moved.stderr
+    assert (tmp_path / "sub" / "elsewhere.json").read_bytes() == \
+        (tmp_path / "best.json").read_bytes()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["out"] == str(tmp_path / "sub" / "elsewhere.json")
+    assert recorded["train"]["steps"] == 4  # a later plain --resume keeps what was given
+    assert_refused(invoke("pretrain", short_corpus, "--resume", "--run-dir", "../run",
+                          "--steps", "6"), "the run trains on")
+
+
+def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, short_corpus,
+                                                                 model_file):
+    run = ["--run-dir", tmp_path / "run", "--steps", "2", "--eval-every", "2",
+           "--batch-size", "4", "--seq-len", "16", "--sample-every", "0"]
+    result = invoke("fine-tune", short_corpus, "--from", model_file, "--out", tmp_path / "t.json",
+                    *run)
+    assert result.exit_code == 0, result.output
+    result = invoke("fine-tune", "--resume", *run[:2], "--steps", "4")
+    assert result.exit_code == 0 and str(tmp_path / "t.json") in result.stdout, result.output
+    vocab = lstm_fn.Vocab.from_text(SHORT_TEXT)
+    other = lstm_fn.ModelConfig("gru", len(vocab), embed_size=8, hidden_size=16, num_layers=1)
+    lstm_fn.save_weights(tmp_path / "gru.json", lstm_fn.init(jax.random.key(0), other), other,
+                         vocab)
+    assert_refused(invoke("fine-tune", "--resume", *run[:2], "--steps", "6", "--from",
+                          tmp_path / "gru.json"), "not the model this run fine-tunes")
+    assert_refused(invoke("fine-tune", short_corpus, "--steps", "2"), "--from")
+    # the base model may go away once the run has a checkpoint
+    base = tmp_path / "base.json"
+    base.write_bytes(model_file.read_bytes())
+    run2 = ["--run-dir", tmp_path / "run2", *run[2:]]
+    assert invoke("fine-tune", short_corpus, "--from", base, "--out", tmp_path / "t2.json",
+                  *run2).exit_code == 0
+    base.unlink()
+    result = invoke("fine-tune", "--resume", *run2[:2], "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+
+
+def test_resume_without_a_run_is_refused(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, "--resume", "--run-dir", tmp_path / "run",
+                    "--steps", "4")
+    assert_refused(result, "holds no run")
+
+
+def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, short_corpus):
+    """Checks that need the model (a frozen layer it lacks, cosine without a length) come
+    before anything is written, and a run that wrote only its config can be started again."""
+    run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--freeze", "5", *run),
+                   "train.freeze names layer 5")
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--minutes", "1", "--schedule", "cosine",
+                          *run), "cosine")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # as if killed before any progress
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2", *run)
+    assert result.exit_code == 0, result.output
+
+
+def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, short_corpus, model_file):
+    victim = tmp_path / "victim.txt"
+    victim.write_text(SHORT_TEXT, encoding="utf-8")
+    assert_refused(invoke("pretrain", victim, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r1", "--out", victim), "is the corpus")
+    assert victim.read_text(encoding="utf-8") == SHORT_TEXT
+    before = model_file.read_bytes()
+    assert_refused(invoke("fine-tune", short_corpus, "--from", model_file, "--steps", "2",
+                          "--run-dir", tmp_path / "r2", "--out", model_file), "base model")
+    assert model_file.read_bytes() == before
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r3", "--out", str(tmp_path / "newdir") + "/"), "folder")
+    config = tmp_path / "c.json"
+    config.write_text('{"train": {"steps": 2}}')
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--config", config, "--run-dir",
+                          tmp_path / "r4", "--out", config), "the --config file")
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--run-dir",
+                          tmp_path / "r5", "--out", tmp_path / "r5" / "metrics.jsonl"),
+                   "metrics.jsonl")
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_a_model_too_big_for_memory_is_refused(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, *TINY, "--hidden-size", str(10**9), "--steps", "2",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert_refused(result, "parameters", "GiB to train", "--hidden-size")
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--eval-every", "1000",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert train["steps"] is None and train["epochs"] == 0.5
