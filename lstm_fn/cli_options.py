@@ -31,6 +31,8 @@ TRAIN_HELP = {
     "plateau_patience": ("--plateau-patience", "plateau: evaluations without improvement."),
     "patience": ("--patience", "Stop early after this many evaluations without improvement."),
     "eval_every": ("--eval-every", "Evaluate on the validation split every N steps."),
+    "eval_chars": ("--eval-chars", "At most this many validation characters per evaluation, "
+                   "spread over the split (0: all)."),
     "checkpoint_every": ("--checkpoint-every", "Save a checkpoint every N steps."),
     "keep_checkpoints": ("--keep-checkpoints", "How many recent checkpoints to keep."),
     "sample_every": ("--sample-every", "Print a sample every N steps (0: never)."),

@@ -39,7 +39,9 @@ class TrainConfig:
     streams of ``seq_len`` characters. Schedules: ``constant``; ``cosine`` (linear warmup,
     then cosine down to ``min_lr_ratio`` of the rate at the last step); ``exponential``
     (times ``decay_rate`` every ``decay_steps``); ``plateau`` (times ``plateau_factor`` after
-    ``plateau_patience`` evaluations without improvement). ``gradients``: ``manual`` (the
+    ``plateau_patience`` evaluations without improvement). Each evaluation during training
+    scores at most ``eval_chars`` characters of the validation split, spread over it (0: all
+    of it), so a big corpus does not spend its time evaluating. ``gradients``: ``manual`` (the
     hand-written BPTT of :mod:`lstm_fn.bptt`, measured faster for every cell) or
     ``autodiff`` (``jax.grad`` of the plain scan); both give the same gradients.
     ``matmul_precision``: ``float32``, or ``bfloat16`` operands with float32 sums for every
@@ -66,6 +68,7 @@ class TrainConfig:
     plateau_patience: int = 2
     patience: int | None = None
     eval_every: int = 200
+    eval_chars: int = 500_000
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     sample_every: int = 1000
@@ -97,7 +100,7 @@ class TrainConfig:
         _in_range("train.plateau_factor", self.plateau_factor, 0, 1, low_open=True, high_open=True)
         _in_range("train.val_fraction", self.val_fraction, 0, 0.5)
         _in_range("train.test_fraction", self.test_fraction, 0, 0.5)
-        for name in ("warmup_steps", "sample_every", "sample_length"):
+        for name in ("warmup_steps", "eval_chars", "sample_every", "sample_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),

@@ -215,6 +215,7 @@ def train_batch(ids: np.ndarray, batch_size: int, seq_len: int, position: int,
 
 
 def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int,
+                 max_predictions: int | None = None,
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]:
     """Windows that score every prediction of a split exactly once.
 
@@ -222,7 +223,8 @@ def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     lengths differ by at most one; each row is a stream (state carried between windows). Rows
     past R (a split shorter than B + 1 tokens) and positions past a row's end are padding:
     token 0, mask 0. Every window has shape [B, T], so one compiled function serves all.
-    An empty or 1-token split yields nothing.
+    An empty or 1-token split yields nothing. With ``max_predictions``, each row keeps only
+    its first share of them: that many predictions in all, spread over the whole split.
 
     Yields:
       inputs int32 [B, T], targets int32 [B, T], mask float32 [B, T], reset (True first only).
@@ -237,6 +239,11 @@ def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     row_lengths[:n_rows] = n_predictions // n_rows
     row_lengths[: n_predictions % n_rows] += 1
     row_starts = np.concatenate([[0], np.cumsum(row_lengths)[:-1]])
+    if max_predictions is not None and max_predictions < n_predictions:
+        share = np.zeros(batch_size, dtype=np.int64)
+        share[:n_rows] = max_predictions // n_rows
+        share[: max_predictions % n_rows] += 1
+        row_lengths = np.minimum(row_lengths, share)
     n_windows = -(-int(row_lengths.max()) // seq_len)
     offsets = np.arange(n_windows * seq_len)
     valid = offsets[None, :] < row_lengths[:, None]  # [B, W*T]

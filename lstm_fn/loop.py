@@ -172,8 +172,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             """Evaluate, log and export a new best; False (nothing saved) on a non-finite
             validation loss."""
             train_loss = float(np.mean(losses)) if losses else float("nan")
-            val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len)
-                   if len(val_ids) > 1 else train_loss)
+            val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len,
+                            tcfg.eval_chars or None) if len(val_ids) > 1 else train_loss)
             if not math.isfinite(val):
                 stop_nonfinite(f"validation loss became {val}")
                 return False

@@ -144,16 +144,18 @@ def _eval_step(params, cfg, carry, inputs, targets, mask, reset):
 
 
 def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
-             seq_len: int) -> float:
+             seq_len: int, max_chars: int | None = None) -> float:
     """Exact mean loss in nats per character over a whole split.
 
     The split is read as ``batch_size`` contiguous streams with the state carried from
     window to window, every prediction counted once (see :func:`data.eval_batches`).
-    Returns nan for a split too short to predict anything.
+    ``max_chars`` scores only the first ``max_chars / batch_size`` predictions of each
+    stream (the same ones every time, spread over the split). Returns nan for a split too
+    short to predict anything.
     """
     carry = initial_state(cfg, batch_size, params["embed"].dtype)
     total, count = 0.0, 0.0
-    for inputs, targets, mask, reset in data.eval_batches(ids, batch_size, seq_len):
+    for inputs, targets, mask, reset in data.eval_batches(ids, batch_size, seq_len, max_chars):
         nll_sum, carry = _eval_step(params, cfg, carry, inputs, targets, mask, reset)
         total += float(nll_sum)
         count += float(mask.sum())

@@ -117,10 +117,12 @@ def test_missing_config_file_is_named(tmp_path, short_corpus):
     (["--batch-size", "0"], ["train.batch_size", "> 0"]),
     (["--val-fraction", "0.7"], ["train.val_fraction", "[0, 0.5]"]),
     (["--grad-clip", "-1"], ["train.grad_clip", "[0, inf]"]),
+    (["--eval-chars", "-1"], ["train.eval_chars", ">= 0"]),
     (["--optimizer", "lbfgs"], ["train.optimizer", "adam, adamw, sgd, rmsprop"]),
     (["--freeze", "middle"], ["train.freeze", "'middle'"]),
 ])
-def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option, needles):
+def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option,
+                                                           needles):
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "5", *option,
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert_refused(result, *needles)

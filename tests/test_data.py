@@ -167,6 +167,19 @@ def test_bytes_round_trip(raw):
     assert vocab.decode(ids) == raw.decode("utf-8", errors="replace")
 
 
+def test_encode_in_pieces_is_encode_at_once(monkeypatch):
+    """Long texts are encoded piece by piece: same ids, and unknown characters from every
+    piece are named once."""
+    text = "ab\u00e9\u4e00\U0001f600\U0010ffff" * 7
+    vocab = Vocab.from_text(text)
+    whole = vocab.encode(text)
+    monkeypatch.setattr("lstm_fn.vocab.ENCODE_CHUNK", 4)
+    np.testing.assert_array_equal(vocab.encode(text), whole)
+    with pytest.raises(CorpusError, match=r"^3 character\(s\) not in the vocabulary: 'x', "
+                                          "'\u2603', '\\\\U000f0000'$"):
+        vocab.encode("ab" + "\u2603" + "abab" * 3 + "x" + "\U000f0000" + "\u2603")
+
+
 def test_from_text_is_sorted_and_refuses_one_symbol():
     assert Vocab.from_text("hello").symbols == ("e", "h", "l", "o")
     with pytest.raises(CorpusError, match="1 distinct character"):
@@ -336,6 +349,23 @@ def test_eval_batches_cover_each_prediction_once(n, batch_size, seq_len):
     for row, row_mask in zip(rows, masks):
         kept = row[row_mask == 1]
         assert (np.diff(kept) == 1).all() and (row_mask[:len(kept)] == 1).all()
+
+
+@pytest.mark.parametrize("n, batch_size, limit", [(1000, 4, 101), (1000, 4, 3), (50, 8, 49),
+                                                  (50, 8, 1000), (7, 1, 2)])
+def test_eval_batches_with_a_limit_score_the_start_of_each_row(n, batch_size, limit):
+    """``max_predictions`` keeps the rows where they were and shortens each one, so the
+    scored characters are spread over the whole split and are the same every time."""
+    ids = np.arange(n)
+    whole = list(eval_batches(ids, batch_size, 4))
+    capped = list(eval_batches(ids, batch_size, 4, max_predictions=limit))
+    assert sum(int(mask.sum()) for _, _, mask, _ in capped) == min(limit, n - 1)
+    rows = lambda windows: [row[mask == 1] for row, mask in zip(  # noqa: E731
+        np.concatenate([w[0] for w in windows], axis=1),
+        np.concatenate([w[2] for w in windows], axis=1))]
+    for full, short in zip(rows(whole), rows(capped)):
+        assert (short == full[:len(short)]).all()
+        assert len(full) - len(short) >= 0
 
 
 def test_eval_batches_with_repeated_tokens_count_pairs():

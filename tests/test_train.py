@@ -37,6 +37,21 @@ def test_evaluate_scores_every_prediction_once(batch_size, seq_len):
         assert abs(got - float(whole)) < 0.05
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_evaluate_with_a_limit_scores_the_start_of_each_stream(batch_size):
+    """Each of the B streams (fresh state) scores its first max_chars / B predictions."""
+    params = lstm_fn.init(jax.random.key(0), CFG)
+    split, limit = ids(701), 120  # 700 predictions: rows of 175
+    starts = np.arange(batch_size) * (700 // batch_size)
+    per_row = limit // batch_size
+    expected = np.mean([float(lstm_fn.loss(params, CFG, split[None, s:s + per_row],
+                                           split[None, s + 1:s + 1 + per_row])[0])
+                        for s in starts])
+    got = evaluate(params, CFG, split, batch_size, 16, max_chars=limit)
+    assert_close(got, expected, atol=1e-5)
+    assert abs(got - evaluate(params, CFG, split, batch_size, 16)) > 1e-4  # not the whole
+
+
 def test_schedules():
     cosine = make_schedule(TrainConfig(steps=100, schedule="cosine", warmup_steps=10,
                                        learning_rate=1.0, min_lr_ratio=0.1), 100)
