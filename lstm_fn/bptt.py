@@ -34,7 +34,7 @@ import optax
 from jax import lax
 
 from lstm_fn.cells import CELLS, HiddenState, LSTMState, lowered, matmul, split_gates
-from lstm_fn.model import ModelConfig, masked_mean
+from lstm_fn.model import ModelConfig, checked_tokens, layer_states, masked_mean
 from reference_numpy import spec
 
 
@@ -248,7 +248,7 @@ def manual_layer(cell: str, p: dict, xs: jax.Array, carry,
 # ------------------------------------------------------------------------ the model
 
 
-def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
+def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple | None,
                  masks: list[jax.Array] | None = None,
                  precision: str = "float32") -> tuple[jax.Array, tuple]:
     """The stacked layers on token ids; no ``ModelConfig`` needed.
@@ -261,13 +261,15 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
       params: the params tree of :mod:`lstm_fn.model`.
       cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
       tokens: int ``[B, T]``.
-      carry: one state per layer, parts ``[B, H]``.
+      carry: one state per layer, parts ``[B, H]`` (None: zeros).
       masks: optional dropout masks, one ``[B, T, H]`` per layer, multiplying its output.
       precision: of the matmuls' operands (see :func:`recurrence`).
 
     Returns:
       ``(top layer's outputs [T, B, H], tuple of final states)``.
     """
+    tokens = checked_tokens(tokens)
+    carry = layer_states(cell, params, tokens.shape[0], carry)
     embed, w_x = params["embed"], params["layers"][0]["w_x"]
     if embed.shape[0] <= tokens.size:
         gxs = matmul(embed, w_x, precision)[tokens.T]  # [T, B, G*H]
@@ -284,7 +286,8 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple,
     return xs, tuple(new_carry)
 
 
-def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tuple,
+def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array,
+                carry: tuple | None = None,
                 masks: list[jax.Array] | None = None, *, cfg: ModelConfig,
                 mask: jax.Array | None = None, precision: str = "float32") -> tuple[jax.Array, tuple]:
     """:func:`lstm_fn.model.loss` with the hand-written backward of the recurrences.
@@ -292,7 +295,7 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tupl
     Args:
       params: the params tree of :mod:`lstm_fn.model`.
       inputs, targets: int32 ``[B, T]``.
-      carry: per-layer initial states, parts ``[B, H]``.
+      carry: per-layer initial states, parts ``[B, H]`` (None: zeros).
       masks: optional dropout masks, one ``[B, T, H]`` per layer.
       cfg: the architecture (only ``cell`` is read; shapes come from ``params``).
       mask: optional float ``[B, T]`` weights of each position.
@@ -303,5 +306,6 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array, carry: tupl
     """
     top, carry = manual_apply(params, cfg.cell, inputs, carry, masks, precision)
     logits = matmul(jnp.swapaxes(top, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
+    targets = checked_tokens(targets, "targets")
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
         carry

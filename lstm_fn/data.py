@@ -245,15 +245,13 @@ def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int,
         share[: max_predictions % n_rows] += 1
         row_lengths = np.minimum(row_lengths, share)
     n_windows = -(-int(row_lengths.max()) // seq_len)
-    offsets = np.arange(n_windows * seq_len)
-    valid = offsets[None, :] < row_lengths[:, None]  # [B, W*T]
-    positions = np.where(valid, row_starts[:, None] + offsets[None, :], 0)
-    inputs = np.where(valid, ids[positions], 0).astype(np.int32)
-    targets = np.where(valid, ids[positions + 1], 0).astype(np.int32)
-    mask = valid.astype(np.float32)
-    for window in range(n_windows):
-        columns = slice(window * seq_len, (window + 1) * seq_len)
-        yield inputs[:, columns], targets[:, columns], mask[:, columns], window == 0
+    for window in range(n_windows):  # one window at a time: a big split is never copied whole
+        offsets = np.arange(window * seq_len, (window + 1) * seq_len)
+        valid = offsets[None, :] < row_lengths[:, None]  # [B, T]
+        positions = np.where(valid, row_starts[:, None] + offsets[None, :], 0)
+        inputs = np.where(valid, ids[positions], 0).astype(np.int32)
+        targets = np.where(valid, ids[positions + 1], 0).astype(np.int32)
+        yield inputs, targets, valid.astype(np.float32), window == 0
 
 
 def nats_to_metrics(nats: float) -> dict[str, float]:

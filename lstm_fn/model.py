@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lstm_fn.cells import init_layer, matmul, zero_state
+from lstm_fn.cells import get_cell, init_layer, matmul, zero_state
 from lstm_fn.scan import layer_scan
 from reference_numpy import spec
 
@@ -40,12 +41,15 @@ class ModelConfig:
         spec.num_gates(self.cell)
         for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers too, stored as int
         if self.vocab_size < 2:
             raise ValueError(f"model.vocab_size must be >= 2, got {self.vocab_size}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real)
+                or not 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
 
     def architecture(self) -> dict:
         """The JSON ``model`` dict: the fields a weights file records."""
@@ -84,6 +88,34 @@ def initial_state(cfg: ModelConfig, batch_size: int, dtype=jnp.float32) -> tuple
                  for _ in range(cfg.num_layers))
 
 
+def checked_tokens(tokens: jax.typing.ArrayLike, name: str = "tokens") -> jax.Array:
+    """``tokens`` as an integer ``[B, T]`` array (lists and numpy arrays are converted);
+    ValueError for another rank or a float dtype."""
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer ids [B, T], got {tokens.dtype} "
+                         f"{list(tokens.shape)}")
+    return tokens
+
+
+def layer_states(cell: str, params: dict, batch_size: int, carry: tuple | None) -> tuple:
+    """The per-layer carry as the cell's state tuples: zeros for None, and plain ``(h, c)``
+    / ``(h,)`` tuples (as :mod:`reference_numpy` returns them) converted."""
+    layers = params["layers"]
+    if carry is None:
+        return tuple(zero_state(cell, batch_size, p["w_h"].shape[0], params["embed"].dtype)
+                     for p in layers)
+    if len(carry) != len(layers):
+        raise ValueError(f"carry has {len(carry)} layer states, the model has {len(layers)} "
+                         "layers")
+    state = get_cell(cell).state
+    for l, layer_carry in enumerate(carry):
+        if len(layer_carry) != len(state._fields):
+            raise ValueError(f"carry[{l}] has {len(layer_carry)} arrays; a {cell} layer's "
+                             f"state is ({', '.join(state._fields)})")
+    return tuple(state(*layer_carry) for layer_carry in carry)
+
+
 def dropout_masks(key: jax.Array, cfg: ModelConfig, batch_size: int, seq_len: int,
                   dtype=jnp.float32) -> list[jax.Array] | None:
     """Inverted-dropout masks, one ``[B, T, H]`` per layer, values 0 or ``1/(1-p)``;
@@ -106,7 +138,8 @@ def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None
       params: the params tree (see the module docstring).
       cfg: the architecture.
       tokens: int32 ``[B, T]``.
-      carry: per-layer states from :func:`initial_state` or a previous call (None: zeros).
+      carry: per-layer states from :func:`initial_state`, a previous call or plain
+        ``(h, c)`` / ``(h,)`` tuples (None: zeros).
       dropout_masks: optional list of ``[B, T, H]`` masks, one per layer (training only).
       precision: of the matmuls' operands: ``"float32"``, or ``"bfloat16"`` with float32
         sums (:func:`lstm_fn.cells.matmul`).
@@ -114,9 +147,8 @@ def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None
     Returns:
       ``(logits [B, T, V], carry)``.
     """
-    dtype = params["embed"].dtype
-    if carry is None:
-        carry = initial_state(cfg, tokens.shape[0], dtype)
+    tokens = checked_tokens(tokens)
+    carry = layer_states(cfg.cell, params, tokens.shape[0], carry)
     xs = params["embed"][tokens.T]  # [T, B, E]: time-major for the scan
     new_carry = []
     for l, p in enumerate(params["layers"]):
@@ -143,6 +175,7 @@ def loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
     """
     logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks,
                           precision=precision)
+    targets = checked_tokens(targets, "targets")
     return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
         carry
 

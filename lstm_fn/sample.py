@@ -34,7 +34,9 @@ def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
                   top_k: int | None, top_p: jax.typing.ArrayLike | None) -> jax.Array:
     """Logits of the distribution a sampler draws from: scaled, then top-k, then nucleus.
 
-    ``z = logits / temperature``; tokens are ranked by ``z``, most likely first, ties by the
+    ``z = (logits - max(logits)) / temperature`` (the shift leaves ranks and ``softmax(z)``
+    as they are, and keeps a tiny temperature from overflowing to ``inf``, where every token
+    would tie); tokens are ranked by ``z``, most likely first, ties by the
     lower id (as ``np.argsort(kind="stable")``). A token is kept when its rank is below
     ``min(top_k, reach)``, where ``reach`` is one plus the number of ranks whose running
     probability ``cumsum(softmax(z)[order])`` is still below ``top_p``: the smallest set of
@@ -50,7 +52,7 @@ def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
     Returns:
       float ``[S, V]``: ``z`` where kept, ``-inf`` elsewhere.
     """
-    scaled = logits / temperature
+    scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     if top_k is None and top_p is None:
         return scaled
     order = jnp.argsort(-scaled, axis=-1, stable=True)  # [S, V] ids, most likely first

@@ -12,6 +12,7 @@ the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -144,13 +145,15 @@ def _eval_step(params, cfg, carry, inputs, targets, mask, reset):
 
 
 def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
-             seq_len: int, max_chars: int | None = None) -> float:
+             seq_len: int, max_chars: int | None = None,
+             on_window: Callable[[int], None] | None = None) -> float:
     """Exact mean loss in nats per character over a whole split.
 
     The split is read as ``batch_size`` contiguous streams with the state carried from
     window to window, every prediction counted once (see :func:`data.eval_batches`).
     ``max_chars`` scores only the first ``max_chars / batch_size`` predictions of each
-    stream (the same ones every time, spread over the split). Returns nan for a split too
+    stream (the same ones every time, spread over the split). ``on_window`` is called after
+    each window with the number of predictions scored so far. Returns nan for a split too
     short to predict anything.
     """
     carry = initial_state(cfg, batch_size, params["embed"].dtype)
@@ -159,4 +162,6 @@ def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
         nll_sum, carry = _eval_step(params, cfg, carry, inputs, targets, mask, reset)
         total += float(nll_sum)
         count += float(mask.sum())
+        if on_window is not None:
+            on_window(int(count))
     return total / count if count else float("nan")

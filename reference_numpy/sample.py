@@ -19,8 +19,9 @@ def next_token_probs(logits, *, temperature=1.0, top_k=None, top_p=None) -> np.n
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    scaled = np.asarray(logits, np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
+    logits = np.asarray(logits, np.float64)
+    scaled = (logits - logits.max()) / temperature  # shifted first: no overflow at tiny T
+    probs = np.exp(scaled)
     probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")  # most likely first, ties by lower id
     keep = len(probs)

@@ -70,8 +70,10 @@ def _check_vocab(vocab, model: dict, encoding: str) -> list[str]:
 def _to_array(value, shape: tuple, key: str) -> np.ndarray:
     try:
         array = np.asarray(value)
-        if isinstance(value, np.ndarray) or array.dtype.kind in "iuf":
-            pass  # an array from memory (any float dtype), or JSON numbers
+        if isinstance(value, np.ndarray):
+            pass  # an array from memory (any float dtype)
+        elif array.dtype.kind in "iuf" and not _holds_bool(value):
+            pass  # JSON numbers (true/false among numbers would become 1/0 here)
         elif array.dtype.kind == "O" and all(type(x) in (int, float) for x in array.flat):
             pass  # JSON integers beyond int64 (float64 overflow is refused below)
         else:  # strings, booleans, null or a ragged list in the file
@@ -86,6 +88,15 @@ def _to_array(value, shape: tuple, key: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise WeightsError(f"{key} holds a value that is not a finite float32")
     return array
+
+
+def _holds_bool(value) -> bool:
+    """Whether a rectangular nested list of JSON numbers holds a true/false anywhere."""
+    if not isinstance(value, list):
+        return type(value) is bool
+    if value and isinstance(value[0], list):
+        return any(map(_holds_bool, value))
+    return bool in map(type, value)
 
 
 def _check_params(params, shapes, key: str = "params"):

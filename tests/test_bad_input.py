@@ -188,6 +188,8 @@ WEIGHTS_DAMAGE = {
                        ["params.embed holds a value that is not a finite float32"]),
     "number as string": (_set(["params", "head", "b", 0], "0.5"), None,
                          ["params.head.b is not a rectangular array of numbers"]),
+    "true among numbers": (_set(["params", "layers", 0, "w_h", 3, 1], True), None,
+                           ["params.layers[0].w_h is not a rectangular array of numbers"]),
     "vocab length": (_set(["vocab"], lambda v: v[:-1]), None,
                      ["entries but model.vocab_size is"]),
     "duplicate vocab": (_set(["vocab", 1], lambda _: "t"), None, ["is a duplicate entry"]),

@@ -146,6 +146,46 @@ def test_init_conventions(cell):
     assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
+    """A carry from reference_numpy (plain tuples), token lists, and carry=None in the
+    hand-written path give what the documented types give."""
+    from lstm_fn.bptt import manual_loss
+
+    cfg, params, tokens, carry = problem(cell)
+    logits, final = lstm_fn.apply(params, cfg, tokens, carry)
+    plain = tuple(tuple(np.asarray(a) for a in layer) for layer in carry)
+    assert_close(lstm_fn.apply(params, cfg, tokens.tolist(), plain)[0], logits)
+    _, ref_carry = ref.forward(jax.tree.map(np.asarray, params), cfg.architecture(),
+                               np.asarray(tokens[:, :5]))
+    whole = lstm_fn.apply(params, cfg, tokens[:, 5:], ref_carry)[0]
+    assert_close(whole, lstm_fn.apply(params, cfg, tokens, None)[0][:, 5:])
+    targets = jnp.roll(tokens, -1, axis=1)
+    assert_close(manual_loss(params, tokens, targets.tolist(), None, cfg=cfg)[0],
+                 lstm_fn.loss(params, cfg, tokens, targets)[0])
+
+
+@pytest.mark.parametrize("tokens, carry, message", [
+    (np.zeros(5, np.int32), None, r"tokens must be integer ids \[B, T\], got int32 \[5\]"),
+    (np.zeros((1, 5), np.float32), None, "tokens must be integer ids"),
+    (np.zeros((1, 5), np.int32), (), "carry has 0 layer states, the model has 2"),
+])
+def test_bad_inputs_are_named(tokens, carry, message):
+    cfg, params, _, _ = problem("lstm")
+    with pytest.raises(ValueError, match=message):
+        lstm_fn.apply(params, cfg, tokens, carry)
+    h = jnp.zeros((1, cfg.hidden_size))
+    with pytest.raises(ValueError, match=r"carry\[0\] has 1 arrays; a lstm layer's state is "
+                                         r"\(h, c\)"):
+        lstm_fn.apply(params, cfg, np.zeros((1, 5), np.int32), ((h,), (h, h)))
+
+
+def test_model_config_takes_numpy_numbers():
+    cfg = ModelConfig("gru", np.int64(7), np.int32(3), np.uint16(4), np.int8(1), np.float32(0.25))
+    assert cfg == ModelConfig("gru", 7, 3, 4, 1, 0.25)
+    assert type(cfg.vocab_size) is int and type(cfg.dropout) is float
+
+
 @pytest.mark.parametrize("field, value", [("cell", "tcn"), ("num_layers", 0), ("hidden_size", -3),
                                           ("dropout", 1.0), ("vocab_size", 1)])
 def test_model_config_refuses_bad_values_by_name(field, value):

@@ -146,11 +146,12 @@ def test_first_token_frequencies_match_softmax(cell, options):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_top_k_one_and_tiny_top_p_equal_greedy(cell):
+def test_top_k_one_tiny_top_p_and_tiny_temperature_equal_greedy(cell):
     cfg, params = model(cell)
     greedy = ids_of(generate(params, cfg, PRIME, 20, key=None, greedy=True, num_samples=2,
                              chunk_size=10))
-    for options in (dict(top_k=1), dict(top_p=1e-7), dict(top_k=1, temperature=3.0)):
+    for options in (dict(top_k=1), dict(top_p=1e-7), dict(top_k=1, temperature=3.0),
+                    dict(temperature=1e-38)):  # logits / T would overflow
         sampled = ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(5), num_samples=2,
                                   chunk_size=10, **options))
         np.testing.assert_array_equal(sampled, greedy)

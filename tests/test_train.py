@@ -30,7 +30,9 @@ def test_evaluate_scores_every_prediction_once(batch_size, seq_len):
     params = lstm_fn.init(jax.random.key(0), CFG)
     split = ids()
     whole, _ = lstm_fn.loss(params, CFG, split[None, :-1], split[None, 1:])
-    got = evaluate(params, CFG, split, batch_size, seq_len)
+    counts = []  # what the eval command's progress line is fed
+    got = evaluate(params, CFG, split, batch_size, seq_len, on_window=counts.append)
+    assert counts == sorted(counts) and counts[-1] == len(split) - 1
     if batch_size == 1:
         assert_close(got, whole, atol=1e-5)
     else:
