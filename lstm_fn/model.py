@@ -99,8 +99,9 @@ def checked_tokens(tokens: jax.typing.ArrayLike, name: str = "tokens") -> jax.Ar
 
 
 def layer_states(cell: str, params: dict, batch_size: int, carry: tuple | None) -> tuple:
-    """The per-layer carry as the cell's state tuples: zeros for None, and plain ``(h, c)``
-    / ``(h,)`` tuples (as :mod:`reference_numpy` returns them) converted."""
+    """The per-layer carry as the cell's state tuples in the params' dtype: zeros for None,
+    and plain ``(h, c)`` / ``(h,)`` tuples (as :mod:`reference_numpy` returns them)
+    converted; ValueError for a carry that does not fit the model or the batch."""
     layers = params["layers"]
     if carry is None:
         return tuple(zero_state(cell, batch_size, p["w_h"].shape[0], params["embed"].dtype)
@@ -108,12 +109,17 @@ def layer_states(cell: str, params: dict, batch_size: int, carry: tuple | None) 
     if len(carry) != len(layers):
         raise ValueError(f"carry has {len(carry)} layer states, the model has {len(layers)} "
                          "layers")
-    state = get_cell(cell).state
-    for l, layer_carry in enumerate(carry):
+    state, dtype = get_cell(cell).state, params["embed"].dtype
+    for l, (layer_carry, p) in enumerate(zip(carry, layers)):
         if len(layer_carry) != len(state._fields):
             raise ValueError(f"carry[{l}] has {len(layer_carry)} arrays; a {cell} layer's "
                              f"state is ({', '.join(state._fields)})")
-    return tuple(state(*layer_carry) for layer_carry in carry)
+        for name, part in zip(state._fields, layer_carry):
+            if tuple(jnp.shape(part)) != (batch_size, p["w_h"].shape[0]):
+                raise ValueError(f"carry[{l}].{name} has shape {list(jnp.shape(part))}, the "
+                                 f"tokens and the model need [{batch_size}, {p['w_h'].shape[0]}]")
+    return tuple(state(*(jnp.asarray(part, dtype) for part in layer_carry))
+                 for layer_carry in carry)
 
 
 def dropout_masks(key: jax.Array, cfg: ModelConfig, batch_size: int, seq_len: int,

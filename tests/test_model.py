@@ -169,9 +169,12 @@ def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
     (np.zeros(5, np.int32), None, r"tokens must be integer ids \[B, T\], got int32 \[5\]"),
     (np.zeros((1, 5), np.float32), None, "tokens must be integer ids"),
     (np.zeros((1, 5), np.int32), (), "carry has 0 layer states, the model has 2"),
+    (np.zeros((2, 5), np.int32), "batch of 3", r"carry\[0\].h has shape \[3, 8\], the tokens "
+                                               r"and the model need \[2, 8\]"),
 ])
 def test_bad_inputs_are_named(tokens, carry, message):
-    cfg, params, _, _ = problem("lstm")
+    cfg, params, _, batch_of_3 = problem("lstm")
+    carry = batch_of_3 if carry == "batch of 3" else carry
     with pytest.raises(ValueError, match=message):
         lstm_fn.apply(params, cfg, tokens, carry)
     h = jnp.zeros((1, cfg.hidden_size))
