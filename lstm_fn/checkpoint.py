@@ -23,6 +23,7 @@ Example:
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +38,17 @@ FORMAT = 1  # bump when the layout of the `meta` item changes
 STEP_DIGITS = 8  # step dirs are `00000042`; every manager must agree (see `open_manager`)
 _NAME_FORMAT = ocp.step.standard_name_format(step_format_fixed_length=STEP_DIGITS)
 _TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for unfinished saves
+
+
+class _QuietReadOnly(logging.Filter):
+    """Drops orbax's warning that a manager is read-only: we open them so on purpose, to
+    list and restore, and the warning landed on stderr next to one-line errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 class CheckpointError(Exception):
@@ -74,6 +86,8 @@ def open_manager(directory: str | os.PathLike, *, keep: int = 3,
         enable_async_checkpointing=False,
         cleanup_tmp_directories=not read_only,
         read_only=read_only,
+        save_interval_steps=0 if read_only else 1,  # what read_only implies, said up front
+        create=not read_only,  # (orbax warns when it has to change them itself)
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 

@@ -34,11 +34,27 @@ class App(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # the reader left (`lstm-fn sample | head`): stop quietly
+            _silence_stdout()
+            sys.exit(141)  # as a process ended by SIGPIPE
+        except KeyboardInterrupt:  # before training's own handling starts (or after it)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except INPUT_ERRORS as error:
             if ctx.params.get("debug"):
                 raise
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise BadInput(message) from None
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests capture it)
+        pass
 
 
 @click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"],
@@ -138,30 +154,39 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
 
 
 def _read_prime(prime: str | None, vocab) -> str | bytes:
-    """The prime as text (raw bytes for a bytes model's ``@FILE``): ``@FILE`` reads a file
-    (a UTF-8 BOM dropped); the default is a newline (or the first symbol)."""
+    """The prime as text, or as bytes for a bytes model (any byte the shell passes).
+
+    ``@FILE`` reads a file, as a corpus is read: a UTF-8 BOM dropped and Windows newlines
+    made "\\n" (unless the model has "\\r" as a symbol). The default is a newline (or the
+    first symbol)."""
+    import os
     from pathlib import Path
+
+    from lstm_fn.data import plain_newlines
 
     if prime is None:
         return "\n" if "\n" in vocab.symbols else vocab.symbols[0]
     if prime == "":
         raise BadInput("--prime is empty; give some text or leave the option out")
-    if not prime.startswith("@"):
-        return prime
+    if not prime.startswith("@"):  # undecodable bytes of argv arrive as lone surrogates
+        return os.fsencode(prime) if vocab.encoding == "bytes" else prime
     path = Path(prime[1:])
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise BadInput(f"cannot read the --prime file {str(path)!r}: {error.strerror}") from None
+    if not raw:
+        raise BadInput(f"the --prime file {str(path)!r} is empty")
     if vocab.encoding == "bytes":
         return raw
     try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise BadInput(f"the --prime file {str(path)!r} is not UTF-8 text (byte {error.start})"
                        ) from None
+    text = text.removeprefix("\ufeff") if "\r" in vocab.symbols else plain_newlines(text)
     if not text:
-        raise BadInput(f"the --prime file {str(path)!r} is empty")
+        raise BadInput(f"the --prime file {str(path)!r} holds only a byte order mark")
     return text
 
 
@@ -290,6 +315,14 @@ def plot(run_dir):
 
 
 def main():
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C while starting up, before the commands run
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main():
     import os
 
     from lstm_fn.host import reuse_freed_memory

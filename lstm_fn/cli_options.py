@@ -133,7 +133,6 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
                    Path("model.json" if command == "pretrain" else "tuned.json"), resume,
                    Path(data_dir), base_path and Path(base_path),
                    config_path and Path(config_path), given)
-    click.echo(f"run directory: {spec.run_dir}", err=True)
     result = run(spec)
     if result.message:
         click.echo(result.message, err=True)

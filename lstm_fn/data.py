@@ -106,6 +106,12 @@ def _resolve_path(spec: str, data_dir: Path) -> Path:
     return path
 
 
+def plain_newlines(text: str) -> str:
+    """``text`` without a leading BOM and with CRLF / lone CR as "\\n": Notepad's BOM and
+    Windows newlines would otherwise become symbols of their own."""
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _decode_text(raw: bytes, label: str, remedy: str) -> str:
     """UTF-8 bytes -> text with the BOM dropped and CRLF / lone CR turned into "\\n"."""
     nul = raw.find(b"\0", 0, BINARY_SNIFF_BYTES)
@@ -119,8 +125,7 @@ def _decode_text(raw: bytes, label: str, remedy: str) -> str:
         raise CorpusError(f"{label} is not valid UTF-8 at byte {err.start} (line {line}): "
                           f"{raw[err.start:err.start + 8]!r}; re-save it as UTF-8 or "
                           f"{remedy}") from None
-    # Notepad's BOM and Windows newlines would otherwise become symbols of their own.
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    text = plain_newlines(text)
     if not text.strip():
         raise CorpusError(f"{label} contains only whitespace")
     return text
@@ -174,15 +179,20 @@ def split(ids: np.ndarray, fractions: Sequence[float] = (0.9, 0.05, 0.05),
     return ids[:train_end], ids[train_end:val_end], ids[val_end:]
 
 
-def check_batch_fits(n_ids: int, batch_size: int, seq_len: int, split_name: str = "train") -> None:
-    """Raise CorpusError unless a split of n_ids tokens holds one [batch_size, seq_len] window."""
+def check_batch_fits(n_ids: int, batch_size: int, seq_len: int, split_name: str = "train",
+                     held_out: float = 0.0) -> None:
+    """Raise CorpusError unless a split of n_ids tokens holds one [batch_size, seq_len] window;
+    ``held_out`` (the validation and test share) is named in the advice when it is large."""
     if batch_size < 1 or seq_len < 1:
         raise CorpusError(f"--batch-size and --seq-len must be >= 1, got {batch_size}, {seq_len}")
     need = batch_size * seq_len + 1
     if n_ids < need:
+        advice = "use a smaller --batch-size or --seq-len"
+        if held_out >= 0.5:
+            advice = (f"--val-fraction and --test-fraction hold out {held_out:.0%} of the "
+                      f"corpus: lower them, or {advice}")
         raise CorpusError(f"{split_name} split has {n_ids} characters but one batch needs {need} "
-                          f"(batch_size {batch_size} x seq_len {seq_len} + 1); "
-                          "use a smaller --batch-size or --seq-len")
+                          f"(batch_size {batch_size} x seq_len {seq_len} + 1); {advice}")
 
 
 def windows_per_epoch(n_ids: int, batch_size: int, seq_len: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import signal
 import sys
 import time
@@ -242,7 +243,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         metrics_file.close()
     if status == "interrupted":
         message = (f"interrupted at step {step}: checkpoint saved; continue with "
-                   f"`lstm-fn {spec.command} --resume --run-dir {spec.run_dir}`")
+                   f"`lstm-fn {spec.command} --resume --run-dir "
+                   f"{shlex.quote(str(spec.run_dir))}`")
     test = None
     if status == "done" and len(test_ids) > 1 and spec.out.exists():
         from lstm_fn.weights import load_weights
@@ -260,10 +262,12 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
 
 
 def _show_sample(params, cfg, vocab, train_ids, tcfg, step):
-    from lstm_fn.sample import sample_text
+    """Log a sample that continues the training text's first symbol (ids, not text: in
+    "bytes" mode that may be part of a character)."""
+    from lstm_fn.sample import generate
 
-    prime = vocab.decode(train_ids[:1])
-    text = "".join(sample_text(params, cfg, vocab, prime, tcfg.sample_length,
-                               key=jax.random.fold_in(jax.random.key(tcfg.seed), step),
-                               temperature=0.8))
-    log(f"--- sample at step {step} ---\n{prime}{text}\n---")
+    prime = np.asarray(train_ids[:1])
+    chunks = generate(params, cfg, prime, tcfg.sample_length, temperature=0.8,
+                      key=jax.random.fold_in(jax.random.key(tcfg.seed), step))
+    ids = np.concatenate([prime, *(chunk[0] for chunk in chunks)])
+    log(f"--- sample at step {step} ---\n{vocab.decode(ids)}\n---")

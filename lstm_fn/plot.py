@@ -21,7 +21,9 @@ def plot_run(run_dir: str | Path) -> Path:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
         raise FileNotFoundError(f"{str(metrics)!r} not found: is {str(run_dir)!r} a run directory?")
-    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line]
+    rows = [row for row in map(_evaluation, metrics.read_text(encoding="utf-8",
+                                                              errors="replace").splitlines())
+            if row is not None]
     if not rows:
         raise ValueError(f"{str(metrics)!r} has no evaluations yet")
     steps = [r["step"] for r in rows]
@@ -44,3 +46,16 @@ def plot_run(run_dir: str | Path) -> Path:
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
     return path
+
+
+def _evaluation(line: str) -> dict | None:
+    """One evaluation of metrics.jsonl, or None for a line that is not one (cut short by a
+    kill, say): the plot shows what is there, as the training loop does."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    keys = ("step", "train_loss", "val_loss")
+    if not isinstance(row, dict) or not all(isinstance(row.get(k), (int, float)) for k in keys):
+        return None
+    return row

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +33,7 @@ from reference_numpy.atomic import atomic_write
 
 # Options that may change when a run is resumed: they say when to stop, not how to train.
 RESUMABLE = STOPPING_RULES
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclasses.dataclass
@@ -76,6 +79,29 @@ def _prepare_dir(spec: RunSpec) -> dict | None:
         raise ConfigError(f"run directory {str(spec.run_dir)!r} already holds a run; pass "
                           "--resume to continue it or choose another --run-dir")
     return None
+
+
+def _check_resume(spec: RunSpec, saved: dict) -> None:
+    """Refuse resuming a run with another command or another base model."""
+    made_by = saved.get("command") or ("fine-tune" if saved.get("base") else "pretrain")
+    if made_by != spec.command:
+        raise ConfigError(f"--resume: {str(spec.run_dir)!r} is a {made_by} run; continue it "
+                          f"with `lstm-fn {made_by} --resume --run-dir "
+                          f"{shlex.quote(str(spec.run_dir))}`")
+    if spec.base_path is not None and saved.get("base") and \
+            Path(spec.base_path).resolve() != Path(saved["base"]).resolve():
+        raise ConfigError(f"--resume: the run fine-tunes {saved['base']!r}, not "
+                          f"{str(spec.base_path)!r}; leave out --from")
+
+
+def _check_same_text(saved: dict, content: bytes, location: str | None) -> None:
+    """Refuse resuming on a corpus file that changed since the run started (its splits, and
+    so the batches of the remaining steps, would differ)."""
+    recorded = saved.get("corpus_sha256")
+    if recorded is not None and recorded != hashlib.sha256(content).hexdigest():
+        raise ConfigError(f"--resume: the corpus {location!r} changed since the run started; "
+                          "start a new run (fine-tune from its best model to keep what it "
+                          "learned)")
 
 
 def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | None]:
@@ -141,7 +167,7 @@ def _resumed_config(spec: RunSpec, saved: dict) -> tuple[dict, TrainConfig]:
         if saved["model"].get(key) != value:
             raise ConfigError(f"--resume: model.{key} is {saved['model'].get(key)!r} in the run, "
                               f"{value!r} was given")
-    train = dict(saved["train"])
+    train = {**TRAIN_DEFAULTS, **saved["train"]}  # a run recorded before a field existed
     given = dataclasses.asdict(spec.train)
     for key, value in given.items():
         value = list(value) if isinstance(value, tuple) else value
@@ -154,15 +180,17 @@ def _resumed_config(spec: RunSpec, saved: dict) -> tuple[dict, TrainConfig]:
 
 def grow_vocab(params: dict, cfg: ModelConfig, extra: int, key: jax.Array) -> dict:
     """Append ``extra`` token ids: new embedding rows drawn like the old ones, new output
-    columns zero with the lowest existing bias (a rare-character prior); old ids unchanged."""
+    columns zero with bias ``min(b) - log(extra)``, so all new characters together start no
+    likelier than the rarest old one (many new ones would otherwise take probability from
+    the text the model knows); old ids unchanged."""
     embed, head = np.asarray(params["embed"]), params["head"]
     new_rows = np.asarray(jax.random.normal(key, (extra, cfg.embed_size))) * embed.std()
+    new_bias = np.full(extra, np.min(head["b"]) - np.log(extra), np.float32)
     return {**params,
             "embed": np.concatenate([embed, new_rows.astype(embed.dtype)]),
             "head": {"w": np.concatenate([head["w"], np.zeros((cfg.hidden_size, extra),
                                                                np.float32)], axis=1),
-                     "b": np.concatenate([head["b"], np.full(extra, np.min(head["b"]),
-                                                             np.float32)])}}
+                     "b": np.concatenate([head["b"], new_bias])}}
 
 
 def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, encoding: str,
@@ -253,19 +281,26 @@ def _remove_stale_temp_files(spec: RunSpec) -> None:
 def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
     saved = _prepare_dir(spec)
+    if saved is not None:
+        _check_resume(spec, saved)
     spec, location = _settle_paths(spec, saved)
     model, tcfg = (spec.model, spec.train) if saved is None else _resumed_config(spec, saved)
     if saved is None and spec.base is not None and "vocab" not in spec.train_given:
         tcfg = dataclasses.replace(tcfg, vocab=spec.base[2].encoding)  # the base model's
+    remedy = ("fine-tune a model trained with --vocab bytes"
+              if spec.command == "fine-tune" else "pass --vocab bytes to model its raw bytes")
     corpus = data.load_corpus(location if saved else spec.corpus, data_dir=spec.data_dir,
-                              encoding=tcfg.vocab)
+                              encoding=tcfg.vocab, remedy=remedy)
+    if saved is not None:
+        _check_same_text(saved, corpus.raw, location)
     model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.vocab, tcfg.seed)
     cfg = ModelConfig(**model, vocab_size=len(vocab))
     ids = vocab.encode(corpus.content)
     train_frac = 1.0 - tcfg.val_fraction - tcfg.test_fraction
     train_ids, val_ids, test_ids = data.split(ids, (train_frac, tcfg.val_fraction,
                                                      tcfg.test_fraction))
-    data.check_batch_fits(len(train_ids), tcfg.batch_size, tcfg.seq_len, "train")
+    data.check_batch_fits(len(train_ids), tcfg.batch_size, tcfg.seq_len, "train",
+                          tcfg.val_fraction + tcfg.test_fraction)
     per_epoch = data.windows_per_epoch(len(train_ids), tcfg.batch_size, tcfg.seq_len)
     limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch)) if s]
     total_steps = min(limits) if limits else None
@@ -274,12 +309,15 @@ def run(spec: RunSpec) -> RunResult:
     _check_memory(cfg)
     _check_output_room(spec, cfg)
     _remove_stale_temp_files(spec)
+    log(f"run directory: {spec.run_dir}")  # after the checks: a refusal stays one line
     if saved is not None:
         _keep_best_at_new_out(spec, saved)
     # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
     base = os.path.abspath(spec.base_path) if spec.base_path else (saved or {}).get("base")
     atomic_write(spec.run_dir / "config.json", json.dumps({
-        "corpus": location, "out": os.path.abspath(spec.out), "base": base,
+        "command": spec.command, "corpus": location,
+        "corpus_sha256": hashlib.sha256(corpus.raw).hexdigest(),
+        "out": os.path.abspath(spec.out), "base": base,
         "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
         "vocab": list(vocab.symbols), "encoding": vocab.encoding}, indent=1, ensure_ascii=False))
     if params is None:
@@ -287,6 +325,11 @@ def run(spec: RunSpec) -> RunResult:
     log(f"corpus {corpus.name}: {len(ids):,} symbols, vocabulary {len(vocab)}, splits "
         f"{len(train_ids):,}/{len(val_ids):,}/{len(test_ids):,}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {cfg.num_params:,} parameters")
+    if saved is None and spec.base is not None and "head" in tcfg.freeze and \
+            len(vocab) > len(spec.base[2]):
+        log(f"warning: --freeze head keeps the output weights of the "
+            f"{len(vocab) - len(spec.base[2])} new character(s) at their start, so the model "
+            "will rarely produce them")
     if len(val_ids) < 2:
         log("warning: the validation split is empty, so the best model is chosen by the "
             "training loss; raise --val-fraction or use a longer corpus")

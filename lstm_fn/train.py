@@ -29,11 +29,15 @@ from lstm_fn.optim import make_optimizer, make_schedule
 
 
 def check_freeze(freeze: tuple[str, ...], num_layers: int) -> None:
-    """ValueError naming a frozen layer number the model does not have."""
+    """ValueError naming a frozen layer number the model does not have, or for freezing
+    every part (nothing would train)."""
     for part in freeze:
         if part.isdigit() and int(part) >= num_layers:
             raise ValueError(f"train.freeze names layer {part}, but the model has {num_layers} "
                              f"(0..{num_layers - 1})")
+    if set(freeze) >= {"embed", "head", *map(str, range(num_layers))}:
+        raise ValueError("train.freeze names every part of the model (embed, head and each "
+                         "layer): nothing would train")
 
 
 def trainable_mask(params: dict, freeze: tuple[str, ...]) -> dict:

@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
+import lstm_fn
 from lstm_fn.weights import WeightsError, load_weights
 from reference_numpy import spec
 from conftest import SHORT_TEXT, TINY, assert_refused, invoke, lstm_fn_command
@@ -65,6 +67,21 @@ def test_too_short_message_follows_the_chosen_batch_and_window(tmp_path):
     result = invoke("pretrain", path, "--batch-size", "3", "--seq-len", "10", "--steps", "5",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert_refused(result, "needs 31", "batch_size 3 x seq_len 10")
+
+
+def test_held_out_fractions_are_named_when_they_leave_too_little(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--val-fraction", "0.5",
+                    "--test-fraction", "0.5", "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "m.json")
+    assert_refused(result, "train split has 0 characters", "hold out 100%", "--val-fraction")
+
+
+def test_fine_tune_on_a_non_utf8_corpus_gives_advice_that_works(tmp_path, model_file):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("the caf\u00e9 sat\n".encode("latin-1") * 20)
+    assert_refused(invoke("fine-tune", path, "--from", model_file, "--steps", "2",
+                          "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json"),
+                   "byte 7", "fine-tune a model trained with --vocab bytes")
 
 
 def test_eval_refuses_a_non_utf8_corpus(tmp_path, model_file):
@@ -276,6 +293,27 @@ def test_prime_file_with_a_bom_and_a_seed_out_of_range(model_file, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output and "--seed" in result.output
 
 
+def test_prime_file_with_windows_newlines_reads_like_a_corpus(model_file, tmp_path):
+    prime = tmp_path / "crlf.txt"
+    prime.write_bytes(b"the cat\r\nthe dog\r\n")
+    result = invoke("sample", "--from", model_file, "--prime", f"@{prime}", "--length", "3")
+    assert result.exit_code == 0 and result.stdout.startswith("the cat\nthe dog\n"), \
+        result.output
+
+
+def test_a_bytes_model_takes_any_prime_bytes(tmp_path):
+    vocab = lstm_fn.Vocab.bytes()
+    cfg = lstm_fn.ModelConfig("gru", len(vocab), embed_size=4, hidden_size=8, num_layers=1)
+    model = tmp_path / "bytes.json"
+    lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    # a byte that is not UTF-8 reaches Python's argv as a lone surrogate
+    result = invoke("sample", "--from", model, "--prime", "caf\udce9", "--length", "0")
+    assert result.exit_code == 0 and result.stdout == "caf\ufffd\n", result.output
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert_refused(invoke("sample", "--from", model, "--prime", f"@{empty}"), "is empty")
+
+
 def test_length_zero_prints_just_the_prime(model_file):
     result = invoke("sample", "--from", model_file, "--prime", "the cat", "--length", "0",
                     "--seed", "1")
@@ -301,10 +339,24 @@ def test_huge_length_streams(model_file, tmp_path):
                            Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                            if line.startswith("VmHWM:"))) if sys.platform == "linux" else 0
         assert proc.poll() is None  # still generating: the output came out as it was made
+        proc.stdout.close()  # as `| head` does: the process stops quietly
+        assert proc.wait(timeout=60) == 141
     finally:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         errors.close()
+    assert (tmp_path / "stderr.txt").read_text() == ""
     assert received.startswith(b"the ")
     assert set(received.decode("utf-8", errors="strict")) <= set(SHORT_TEXT)
     assert rss_kib < 2 * 1024 * 1024, f"peak memory {rss_kib} KiB"
+
+
+def test_plot_skips_lines_a_kill_cut_short(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = {"step": 10, "train_loss": 2.0, "val_loss": 2.1}
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + '{"step": 20, "train_lo')
+    result = invoke("plot", run)
+    assert result.exit_code == 0 and (run / "loss.png").exists(), result.output
+    (run / "metrics.jsonl").write_text('{"step": 20}\n{"step": 30, "train_lo')
+    assert_refused(invoke("plot", run), "metrics.jsonl", "no evaluations yet")

@@ -3,6 +3,7 @@ fine-tune with new characters, and exact resume after kill -9 and SIGTERM."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -130,6 +131,7 @@ def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_then_resume_finishes(corpus, tmp_path):
+    tmp_path = tmp_path / "a folder"  # the printed command must survive a paste into a shell
     args = run_args(corpus, tmp_path, 100000, eval_every=1000)
     proc = subprocess.Popen(lstm_fn_command(*args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -145,7 +147,9 @@ def test_sigterm_checkpoints_then_resume_finishes(corpus, tmp_path):
                    if p.name.isdigit())
     stopped = int(stderr.split("interrupted at step ")[1].split(":")[0])
     assert steps[-1] == stopped  # a final checkpoint at the step it stopped
-    resumed = lstm_fn(*run_args(corpus, tmp_path, stopped + 10, eval_every=1000), "--resume")
+    printed = shlex.split(stderr.split("continue with `")[1].split("`")[0])
+    assert printed == ["lstm-fn", "pretrain", "--resume", "--run-dir", str(tmp_path / "run")]
+    resumed = lstm_fn(*printed[1:], "--steps", stopped + 10)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from checkpoint {stopped}" in resumed.stderr
 

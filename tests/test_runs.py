@@ -5,6 +5,7 @@ that keep a run directory and the inputs of a run intact."""
 import json
 
 import jax
+import numpy as np
 import pytest
 
 import lstm_fn
@@ -75,14 +76,19 @@ def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, short
     lstm_fn.save_weights(tmp_path / "gru.json", lstm_fn.init(jax.random.key(0), other), other,
                          vocab)
     assert_refused(invoke("fine-tune", "--resume", *run[:2], "--steps", "6", "--from",
-                          tmp_path / "gru.json"), "not the model this run fine-tunes")
+                          tmp_path / "gru.json"), "the run fine-tunes", "leave out --from")
+    assert_refused(invoke("pretrain", "--resume", *run[:2], "--steps", "6"),
+                   "is a fine-tune run", "lstm-fn fine-tune --resume --run-dir")
     assert_refused(invoke("fine-tune", short_corpus, "--steps", "2"), "--from")
-    # the base model may go away once the run has a checkpoint
+    # the base model may go away once the run has a checkpoint, but not be replaced
     base = tmp_path / "base.json"
     base.write_bytes(model_file.read_bytes())
     run2 = ["--run-dir", tmp_path / "run2", *run[2:]]
     assert invoke("fine-tune", short_corpus, "--from", base, "--out", tmp_path / "t2.json",
                   *run2).exit_code == 0
+    base.write_bytes((tmp_path / "gru.json").read_bytes())
+    assert_refused(invoke("fine-tune", "--resume", *run2[:2], "--steps", "4"),
+                   "not the model this run fine-tunes")
     base.unlink()
     result = invoke("fine-tune", "--resume", *run2[:2], "--steps", "4")
     assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
@@ -144,3 +150,56 @@ def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_
     assert result.exit_code == 0, result.output
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert train["steps"] is None and train["epochs"] == 0.5
+
+
+def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_corpus):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(SHORT_TEXT, encoding="utf-8")
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    assert invoke("pretrain", corpus, *TINY, "--steps", "2", *run,
+                  "--out", tmp_path / "m.json").exit_code == 0
+    assert_refused(invoke("fine-tune", "--resume", *run, "--steps", "4"),
+                   "is a pretrain run", "lstm-fn pretrain --resume")
+    corpus.write_text(SHORT_TEXT.replace("cat", "cow"), encoding="utf-8")
+    assert_refused(invoke("pretrain", "--resume", *run, "--steps", "4"),
+                   "changed since the run started", "start a new run")
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes(tmp_path, short_corpus):
+    """config.json of an older version lacks newer train keys: they take their defaults."""
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    assert invoke("pretrain", short_corpus, *TINY, "--steps", "2", *run,
+                  "--out", tmp_path / "m.json").exit_code == 0
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    for key in ("eval_chars", "command", "corpus_sha256"):
+        record.get("train", {}).pop(key, None)
+        record.pop(key, None)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    result = invoke("pretrain", "--resume", *run, "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+
+
+def test_freezing_every_part_is_refused(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--freeze", "embed",
+                    "--freeze", "head", "--freeze", "0", "--freeze", "1",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert_refused(result, "train.freeze names every part", "nothing would train")
+
+
+def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path, model_file):
+    from lstm_fn.run import grow_vocab
+
+    params, cfg, _ = lstm_fn.load_weights(model_file)
+    grown = grow_vocab(params, cfg, 50, jax.random.key(0))
+    old_b = np.asarray(params["head"]["b"])
+    np.testing.assert_array_equal(grown["head"]["b"][:len(old_b)], old_b)
+    np.testing.assert_allclose(grown["head"]["b"][len(old_b):], old_b.min() - np.log(50),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(grown["embed"][:len(old_b)], params["embed"])
+    corpus = tmp_path / "new.txt"
+    corpus.write_text(SHORT_TEXT.replace("cat", "CAT"), encoding="utf-8")
+    result = invoke("fine-tune", corpus, "--from", model_file, "--freeze", "head",
+                    "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--seq-len", "16",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json")
+    assert result.exit_code == 0, result.output
+    assert "--freeze head keeps the output weights of the 3 new character(s)" in result.stderr
