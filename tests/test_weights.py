@@ -3,6 +3,8 @@ in lstm_fn, reference_numpy and PyTorch."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import lstm_fn
 import reference_numpy as ref
 from lstm_fn import Vocab, WeightsError
+from reference_numpy import spec
 from reference_numpy.weights import read_weights
 from conftest import CELLS, assert_close
 
@@ -117,31 +120,74 @@ def test_non_finite_params_are_not_written_and_old_file_survives(tmp_path):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_one_file_same_logits_in_jax_numpy_and_torch(tmp_path, cell):
+    """One file in three frameworks, with a non-zero initial state: the same logits and
+    final state; torch's state dict converts back bit for bit."""
     torch = pytest.importorskip("torch")
     path, _, _ = saved_model(tmp_path, cell, num_layers=2, seed=3)
-    tokens = np.random.default_rng(0).integers(0, len(VOCAB), (3, 17))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, len(VOCAB), (3, 17))
+    np_params, model, _, _ = read_weights(path)
+    fields = spec.CARRY[cell]
+    carry = [tuple(rng.normal(size=(3, model["hidden_size"])).astype(np.float32) for _ in fields)
+             for _ in range(model["num_layers"])]
 
     params, cfg, _ = lstm_fn.load_weights(path)
-    jax_logits, _ = lstm_fn.apply(params, cfg, tokens)
+    jax_logits, jax_final = lstm_fn.apply(params, cfg, tokens, carry)
+    np_logits, np_final = ref.forward(np_params, model, tokens, carry)
 
-    np_params, model, _, _ = read_weights(path)
-    np_logits, _ = ref.forward(np_params, model, tokens)
-
-    rnn_class = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-    net = rnn_class(model["embed_size"], model["hidden_size"], model["num_layers"],
-                    batch_first=True)
+    net = ref.torch_module(model, np_params)  # loads with strict names and shapes
+    state = tuple(torch.from_numpy(np.stack([c[i] for c in carry]))  # torch: [L, B, H]
+                  for i in range(len(fields)))
     with torch.no_grad():
-        for l, layer in enumerate(np_params["layers"]):  # torch stores x @ W.T: transpose
-            getattr(net, f"weight_ih_l{l}").copy_(torch.from_numpy(layer["w_x"].T.copy()))
-            getattr(net, f"weight_hh_l{l}").copy_(torch.from_numpy(layer["w_h"].T.copy()))
-            getattr(net, f"bias_ih_l{l}").copy_(torch.from_numpy(layer["b_x"]))
-            getattr(net, f"bias_hh_l{l}").copy_(torch.from_numpy(layer["b_h"]))
-        x = torch.from_numpy(np_params["embed"])[torch.from_numpy(tokens)]
-        hs, _ = net(x)
-        torch_logits = (hs @ torch.from_numpy(np_params["head"]["w"])
-                        + torch.from_numpy(np_params["head"]["b"])).numpy()
+        torch_logits, torch_final = net(torch.from_numpy(tokens),
+                                        state if cell == "lstm" else state[0])
+    torch_final = torch_final if cell == "lstm" else (torch_final,)
+
     assert_close(jax_logits, np_logits, atol=1e-5, rtol=0)
-    assert_close(torch_logits, np_logits, atol=1e-5, rtol=0)
+    assert_close(torch_logits.numpy(), np_logits, atol=1e-5, rtol=0)
+    for i in range(len(fields)):
+        expected = np.stack([c[i] for c in np_final])
+        assert_close(np.stack([c[i] for c in jax_final]), expected, atol=1e-5, rtol=0)
+        assert_close(torch_final[i].numpy(), expected, atol=1e-5, rtol=0)
+    back = ref.from_torch(net.state_dict(), model)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(np_params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_alone_reads_and_runs_a_file(tmp_path):
+    """reference_numpy's promise: a weights file loads and samples in a process where
+    neither JAX nor PyTorch is ever imported."""
+    path, _, _ = saved_model(tmp_path, "lstm", num_layers=2, seed=1)
+    program = (
+        "import sys, numpy as np, reference_numpy as ref\n"
+        "from reference_numpy.weights import read_weights\n"
+        f"params, model, vocab, _ = read_weights({str(path)!r})\n"
+        "ids = ref.sample(params, model, [0], 5, rng=np.random.default_rng(0))\n"
+        "ref.to_torch(params, model)\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'torch'})\n"
+        "print(len(ids), loaded)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout == "5 []\n", result.stderr
+
+
+def test_torch_names_refuse_a_state_dict_that_does_not_fit():
+    model = {"cell": "gru", "vocab_size": 5, "embed_size": 3, "hidden_size": 4, "num_layers": 1}
+    params = ref.from_torch(ref.to_torch(_params(model), model), model)
+    state = ref.to_torch(params, model)
+    del state["rnn.bias_hh_l0"]
+    with pytest.raises(WeightsError, match="no 'rnn.bias_hh_l0'"):
+        ref.from_torch(state, model)
+    state = ref.to_torch(params, model)
+    state["head.weight"] = state["head.weight"][:, :3]
+    with pytest.raises(WeightsError, match=r"params.head.w has shape \[3, 5\]"):
+        ref.from_torch(state, model)
+
+
+def _params(model):
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda shape: rng.normal(size=shape).astype(np.float32),
+                        spec.param_shapes(model), is_leaf=lambda s: isinstance(s, tuple))
 
 
 def test_written_files_follow_the_umask_and_keep_an_existing_mode(tmp_path):
