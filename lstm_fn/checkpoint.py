@@ -2,8 +2,9 @@
 
 A checkpoint is one orbax step directory with two items:
 
-* ``state``: the training pytree (params, optimizer state, carries, PRNG key data, step),
-  written by ``StandardSave`` as tensorstore arrays.
+* ``state``: the training pytree (:func:`lstm_fn.train.init_state`: params, optimizer
+  state, carries, step, learning-rate scale), written by ``StandardSave`` as tensorstore
+  arrays.
 * ``meta``: JSON ``{"format": FORMAT, "digest": <sha256 of state>, "meta": <caller's dict>}``.
 
 orbax writes each step into ``<step>.orbax-checkpoint-tmp*`` and renames it when complete, so a
@@ -12,7 +13,7 @@ so ``save`` adds a content digest and fsyncs the finished step, and ``restore`` 
 digest and falls back to older steps when the newest is damaged, reporting what it skipped.
 
 Example:
-    abstract = jax.eval_shape(init_state, config)
+    abstract = jax.eval_shape(lambda: state)  # shapes and dtypes of the state to restore
     with open_manager(run_dir / "checkpoints") as manager:
         got = restore(manager, abstract)
         for step_, reason in got.skipped if got else []:

@@ -1,4 +1,5 @@
-"""Three-way gradient check: numpy BPTT vs ``jax.grad`` vs finite differences, float64.
+"""Gradient check, float64: ``jax.grad`` of the plain scan against the hand-written BPTT of
+:mod:`lstm_fn.bptt` (the training default), numpy's BPTT and finite differences.
 
 Also the per-timestep view of ``||dL_T/dh_t||``: how much the loss at the last step can
 still be moved by the hidden state t steps earlier (gradients vanish in a plain rnn).
@@ -15,6 +16,7 @@ import numpy as np
 import reference_numpy as ref
 from reference_numpy.gradcheck import numerical_gradient
 from lstm_fn import model as M
+from lstm_fn.bptt import manual_loss
 
 # Budgets on relative_error (max abs difference over the larger max magnitude), float64.
 # numpy and autodiff compute the same sums in a different order: they agree to rounding.
@@ -31,13 +33,14 @@ class Row(NamedTuple):
     name: str
     shape: tuple
     numpy_vs_jax: float
+    bptt_vs_jax: float
     numpy_vs_fd: float
     jax_vs_fd: float
 
     @property
     def ok(self) -> bool:
-        return (self.numpy_vs_jax <= AUTODIFF_BUDGET and self.numpy_vs_fd <= FINITE_DIFF_BUDGET
-                and self.jax_vs_fd <= FINITE_DIFF_BUDGET)
+        return (max(self.numpy_vs_jax, self.bptt_vs_jax) <= AUTODIFF_BUDGET
+                and max(self.numpy_vs_fd, self.jax_vs_fd) <= FINITE_DIFF_BUDGET)
 
 
 def named_leaves(tree, prefix: str = "") -> list[tuple[str, object]]:
@@ -52,25 +55,35 @@ def named_leaves(tree, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def problem(cell: str, num_layers: int, steps: int, *, batch_size: int = 2, vocab_size: int = 7,
-            embed_size: int = 5, hidden_size: int = 6, dropout: float = 0.0, seed: int = 0):
+            embed_size: int = 5, hidden_size: int = 6, dropout: float = 0.0, seed: int = 0,
+            at_init: bool = False):
     """A random float64 problem: ``(cfg, params, tokens, targets, carry, masks)``.
 
-    The initial carry is random (non-zero) so the check covers its gradient too; with
-    ``dropout`` > 0, random masks are drawn once and shared by both implementations.
+    Every parameter tensor gets its own random offset (so the biases are not zero, and no
+    two tensors or carry parts are equal: a swapped ``h``/``c``, layer or bias cannot
+    hide), and the initial carry is random so the check covers its gradient too. With
+    ``at_init``, the init's own weights and a zero carry instead. With ``dropout`` > 0,
+    random masks are drawn once and shared by both implementations.
     """
     cfg = M.ModelConfig(cell, vocab_size, embed_size, hidden_size, num_layers, dropout)
-    k_params, k_carry, k_tokens, k_masks = jax.random.split(jax.random.key(seed), 4)
+    k_params, k_offsets, k_carry, k_tokens, k_masks = jax.random.split(jax.random.key(seed), 5)
     with jax.enable_x64(True):
         params = M.init(k_params, cfg, jnp.float64)
-        # Non-zero biases, so a bias bug cannot hide behind the init's zeros.
-        params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size).reshape(p.shape)),
-                              params)
-        carry = jax.tree.map(
-            lambda z: 0.5 * jax.random.normal(jax.random.fold_in(k_carry, z.size), z.shape, z.dtype),
-            M.initial_state(cfg, batch_size, jnp.float64))
+        carry = M.initial_state(cfg, batch_size, jnp.float64)
+        if not at_init:
+            params, carry = (_plus_noise(key, tree, scale) for key, tree, scale in
+                             ((k_offsets, params, 0.1), (k_carry, carry, 0.5)))
         tokens, targets = jax.random.randint(k_tokens, (2, batch_size, steps), 0, vocab_size)
         masks = M.dropout_masks(k_masks, cfg, batch_size, steps, jnp.float64)
     return cfg, params, tokens, targets, carry, masks
+
+
+def _plus_noise(key: jax.Array, tree, scale: float):
+    """``tree`` plus ``scale`` times standard normal noise, a different draw per leaf."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+                              for k, leaf in zip(keys, leaves)])
 
 
 def _numpy(tree):
@@ -84,7 +97,7 @@ def _numpy(tree):
 
 
 def gradient_check(cell: str, num_layers: int, steps: int, **kwargs) -> list[Row]:
-    """Compare the three gradients of the mean loss for every parameter tensor and every
+    """Compare the four gradients of the mean loss for every parameter tensor and every
     part of the initial carry; see :func:`problem` for the keyword arguments."""
     cfg, params, tokens, targets, carry, masks = problem(cell, num_layers, steps, **kwargs)
     model = cfg.architecture()
@@ -97,6 +110,9 @@ def gradient_check(cell: str, num_layers: int, steps: int, **kwargs) -> list[Row
         grad_fn = jax.grad(lambda p, c: M.loss(p, cfg, tokens, targets, c, dropout_masks=masks)[0],
                            argnums=(0, 1))
         jax_grads, jax_dcarry = jax.device_get(grad_fn(params, carry))
+        bptt_fn = jax.grad(lambda p, c: manual_loss(p, tokens, targets, c, masks, cfg=cfg)[0],
+                           argnums=(0, 1))
+        bptt_grads, bptt_dcarry = jax.device_get(bptt_fn(params, carry))
     fd_grads = ref.finite_difference_grads(np_params, model, np_tokens, np_targets,
                                            np_carry, np_masks, eps=FD_EPS)
     carry_leaves = [leaf for _, leaf in named_leaves(np_carry)]
@@ -105,25 +121,26 @@ def gradient_check(cell: str, num_layers: int, steps: int, **kwargs) -> list[Row
         carry_leaves, eps=FD_EPS)
 
     rows = []
-    for (_, a), (name, b), c in zip(
+    for (_, a), (name, b), (_, m), c in zip(
             named_leaves(np_grads) + named_leaves(np_dcarry),
             named_leaves(jax_grads) + named_leaves(jax_dcarry, "carry"),
+            named_leaves(bptt_grads) + named_leaves(bptt_dcarry),
             [leaf for _, leaf in named_leaves(fd_grads)] + fd_dcarry):
-        rows.append(Row(name, np.shape(a), ref.relative_error(a, b), ref.relative_error(a, c),
-                        ref.relative_error(b, c)))
+        rows.append(Row(name, np.shape(a), ref.relative_error(a, b), ref.relative_error(m, b),
+                        ref.relative_error(a, c), ref.relative_error(b, c)))
     return rows
 
 
 def hidden_grad_norms(cell: str, steps: int, *, num_layers: int = 1, hidden_size: int = 32,
                       batch_size: int = 8, vocab_size: int = 16, seed: int = 0) -> np.ndarray:
-    """``||dL_T/dh_t||`` of the top layer for t = 1..T, at initialisation.
+    """``||dL_T/dh_t||`` of the top layer for t = 1..T, at initialisation (zero carry).
 
     ``L_T`` is the loss of the last position only, so each entry says how strongly the state
     t steps back still moves it. Returns ``[T]`` (mean over the batch of the L2 norm).
     """
     cfg, params, tokens, targets, carry, _ = problem(
         cell, num_layers, steps, batch_size=batch_size, vocab_size=vocab_size,
-        embed_size=hidden_size, hidden_size=hidden_size, seed=seed)
+        embed_size=hidden_size, hidden_size=hidden_size, seed=seed, at_init=True)
     last_only = np.zeros((batch_size, steps))
     last_only[:, -1] = 1.0
     dh = ref.hidden_grads(_numpy(params), cfg.architecture(), np.asarray(tokens),

@@ -94,11 +94,11 @@ def _check_resume(spec: RunSpec, saved: dict) -> None:
                           f"{str(spec.base_path)!r}; leave out --from")
 
 
-def _check_same_text(saved: dict, content: bytes, location: str | None) -> None:
+def _check_same_text(saved: dict, digest: str, location: str | None) -> None:
     """Refuse resuming on a corpus file that changed since the run started (its splits, and
     so the batches of the remaining steps, would differ)."""
     recorded = saved.get("corpus_sha256")
-    if recorded is not None and recorded != hashlib.sha256(content).hexdigest():
+    if recorded is not None and recorded != digest:
         raise ConfigError(f"--resume: the corpus {location!r} changed since the run started; "
                           "start a new run (fine-tune from its best model to keep what it "
                           "learned)")
@@ -291,8 +291,9 @@ def run(spec: RunSpec) -> RunResult:
               if spec.command == "fine-tune" else "pass --vocab bytes to model its raw bytes")
     corpus = data.load_corpus(location if saved else spec.corpus, data_dir=spec.data_dir,
                               encoding=tcfg.vocab, remedy=remedy)
+    digest = hashlib.sha256(corpus.raw).hexdigest()
     if saved is not None:
-        _check_same_text(saved, corpus.raw, location)
+        _check_same_text(saved, digest, location)
     model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.vocab, tcfg.seed)
     cfg = ModelConfig(**model, vocab_size=len(vocab))
     ids = vocab.encode(corpus.content)
@@ -316,7 +317,7 @@ def run(spec: RunSpec) -> RunResult:
     base = os.path.abspath(spec.base_path) if spec.base_path else (saved or {}).get("base")
     atomic_write(spec.run_dir / "config.json", json.dumps({
         "command": spec.command, "corpus": location,
-        "corpus_sha256": hashlib.sha256(corpus.raw).hexdigest(),
+        "corpus_sha256": digest,
         "out": os.path.abspath(spec.out), "base": base,
         "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
         "vocab": list(vocab.symbols), "encoding": vocab.encoding}, indent=1, ensure_ascii=False))

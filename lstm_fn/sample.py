@@ -12,7 +12,7 @@ All ``S`` samples of a step share that key; ``jax.random.categorical`` draws the
 independently (its Gumbel-max form, ``argmax(z + gumbel(key, [S, V]))``, with the noise of a
 whole chunk drawn before the loop).
 
-The filtering semantics are those of :func:`reference_numpy.sample.next_token_probs`.
+The filtering semantics are those of :func:`reference_numpy.next_token_probs`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
     ``min(top_k, reach)``, where ``reach`` is one plus the number of ranks whose running
     probability ``cumsum(softmax(z)[order])`` is still below ``top_p``: the smallest set of
     most likely tokens whose mass reaches ``top_p``, never empty. Dropped tokens get
-    ``-inf``, so ``softmax`` of the result is :func:`reference_numpy.sample.next_token_probs`.
+    ``-inf``, so ``softmax`` of the result is :func:`reference_numpy.next_token_probs`.
 
     Args:
       logits: float ``[S, V]``.

@@ -1,7 +1,7 @@
 """The conventions every part of lstm_fn agrees on: cells, gate order, parameter shapes.
 
 The JAX cells, the numpy twin and the JSON weights format all read these constants, so a
-convention is stated once. Pure Python: importing it pulls in neither numpy nor JAX.
+convention is stated once. Pure Python: it uses neither numpy nor JAX itself.
 
 With ``a = x @ w_x + b_x + h @ w_h + b_h`` split into G blocks of width H along the last axis:
 

@@ -92,15 +92,16 @@ def test_loss_is_mean_nats_and_mask_weights_positions():
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 3])
-def test_three_way_gradient_check(cell, num_layers):
-    """numpy BPTT vs jax.grad vs central differences, float64, T = 20, non-zero initial
-    carry, dropout masks shared by both implementations, every tensor and the carry."""
+def test_four_way_gradient_check(cell, num_layers):
+    """jax.grad vs lstm_fn.bptt vs numpy BPTT vs central differences, float64, T = 20,
+    non-zero initial carry, dropout masks shared by all, every tensor and the carry."""
     rows = gradcheck.gradient_check(cell, num_layers, 20, dropout=0.25, seed=num_layers)
     names = {r.name for r in rows}
     assert {"embed", "head.w", "head.b", f"layers[{num_layers - 1}].w_h", "carry[0].h"} <= names
     assert len(rows) == 3 + 4 * num_layers + num_layers * len(spec.CARRY[cell])
     for row in rows:
         assert row.numpy_vs_jax <= gradcheck.AUTODIFF_BUDGET, row
+        assert row.bptt_vs_jax <= gradcheck.AUTODIFF_BUDGET, row
         assert row.numpy_vs_fd <= gradcheck.FINITE_DIFF_BUDGET, row
         assert row.jax_vs_fd <= gradcheck.FINITE_DIFF_BUDGET, row
 
