@@ -8,21 +8,17 @@ and ``loss.png``; the best model by validation loss is written as JSON weights t
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import math
 import os
-import shlex
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from lstm_fn import checkpoint, data
-from lstm_fn.config import STOPPING_RULES, ConfigError, TrainConfig
+from lstm_fn import checkpoint, data, preflight, resume
+from lstm_fn.config import ConfigError, TrainConfig
 from lstm_fn.model import ModelConfig, init
 from lstm_fn.loop import RunResult, log, train_loop
 from lstm_fn.optim import make_schedule
@@ -30,10 +26,6 @@ from lstm_fn.train import check_freeze, init_state
 from lstm_fn.vocab import Vocab
 from lstm_fn.weights import load_weights
 from reference_numpy.atomic import atomic_write
-
-# Options that may change when a run is resumed: they say when to stop, not how to train.
-RESUMABLE = STOPPING_RULES
-TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclasses.dataclass
@@ -81,35 +73,12 @@ def _prepare_dir(spec: RunSpec) -> dict | None:
     return None
 
 
-def _check_resume(spec: RunSpec, saved: dict) -> None:
-    """Refuse resuming a run with another command or another base model."""
-    made_by = saved.get("command") or ("fine-tune" if saved.get("base") else "pretrain")
-    if made_by != spec.command:
-        raise ConfigError(f"--resume: {str(spec.run_dir)!r} is a {made_by} run; continue it "
-                          f"with `lstm-fn {made_by} --resume --run-dir "
-                          f"{shlex.quote(str(spec.run_dir))}`")
-    if spec.base_path is not None and saved.get("base") and \
-            Path(spec.base_path).resolve() != Path(saved["base"]).resolve():
-        raise ConfigError(f"--resume: the run fine-tunes {saved['base']!r}, not "
-                          f"{str(spec.base_path)!r}; leave out --from")
-
-
-def _check_same_text(saved: dict, digest: str, location: str | None) -> None:
-    """Refuse resuming on a corpus file that changed since the run started (its splits, and
-    so the batches of the remaining steps, would differ)."""
-    recorded = saved.get("corpus_sha256")
-    if recorded is not None and recorded != digest:
-        raise ConfigError(f"--resume: the corpus {location!r} changed since the run started; "
-                          "start a new run (fine-tune from its best model to keep what it "
-                          "learned)")
-
-
 def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | None]:
     """``spec`` with ``out``, ``base_path`` and ``base`` filled in and checked (on a resume,
     what the run recorded unless given again), and the corpus's absolute path (None for the
     built-in one). Refuses an ``out`` that is a folder or would overwrite an input or a
     file of the run."""
-    location = _corpus_location(spec, saved)
+    location = resume.corpus_location(spec, saved)
     out = spec.out or Path((saved or {}).get("out") or spec.default_out)
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; give a file name")
@@ -135,47 +104,6 @@ def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | Non
                           "another file")
     base = load_weights(base_path) if base_path is not None else None
     return dataclasses.replace(spec, out=out, base_path=base_path, base=base), location
-
-
-def _corpus_location(spec: RunSpec, saved: dict | None) -> str | None:
-    """The corpus's absolute path; on a resume the run's own, which a given corpus must be."""
-    given = None if spec.corpus is None else data.corpus_location(spec.corpus, spec.data_dir)
-    if saved is None:
-        return given
-    recorded = saved["corpus"]
-    if given is not None and recorded is not None and not Path(recorded).is_absolute() and \
-            Path(given).name == Path(recorded).name:
-        return given  # recorded relative to another folder (older config.json files)
-    location = data.corpus_location(recorded, spec.data_dir)
-    if given is not None and given != location:
-        name = repr(recorded) if recorded else "the built-in corpus"
-        raise ConfigError(f"--resume: the run trains on {name}, not {spec.corpus!r}")
-    return location
-
-
-def _keep_best_at_new_out(spec: RunSpec, saved: dict) -> None:
-    """A resume given another ``--out`` starts it with the run's best model so far."""
-    old = Path(saved.get("out") or spec.default_out)
-    if old.exists() and not spec.out.exists() and old.resolve() != spec.out.resolve():
-        atomic_write(spec.out, old.read_bytes())
-        log(f"copied the best model so far from {old} to {spec.out}")
-
-
-def _resumed_config(spec: RunSpec, saved: dict) -> tuple[dict, TrainConfig]:
-    """The saved run's model and train config, with only the stopping rules overridable."""
-    for key, value in spec.model.items():
-        if saved["model"].get(key) != value:
-            raise ConfigError(f"--resume: model.{key} is {saved['model'].get(key)!r} in the run, "
-                              f"{value!r} was given")
-    train = {**TRAIN_DEFAULTS, **saved["train"]}  # a run recorded before a field existed
-    given = dataclasses.asdict(spec.train)
-    for key, value in given.items():
-        value = list(value) if isinstance(value, tuple) else value
-        if key not in RESUMABLE and value != train[key] and key in spec.train_given:
-            raise ConfigError(f"--resume: train.{key} is {train[key]!r} in the run, "
-                              f"{value!r} was given")
-    train.update({k: given[k] for k in RESUMABLE if k in spec.train_given})
-    return saved["model"], TrainConfig(**train)
 
 
 def grow_vocab(params: dict, cfg: ModelConfig, extra: int, key: jax.Array) -> dict:
@@ -235,56 +163,13 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, enc
     return {**arch, "dropout": spec.model.get("dropout", 0.0)}, vocab, params
 
 
-def _check_memory(cfg: ModelConfig) -> None:
-    """Refuse a model whose parameters, gradients and optimizer moments alone (four float32
-    copies) would not fit in this machine's memory."""
-    needed = cfg.num_params * 16
-    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(
-        os, "sysconf") else None
-    if total and needed > total:
-        raise ConfigError(f"the model has {cfg.num_params:,} parameters, about "
-                          f"{needed / 2**30:,.0f} GiB to train; this machine has "
-                          f"{total / 2**30:,.0f} GiB: lower --hidden-size, --embed-size or "
-                          "--layers")
-
-
-def _check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
-    """Fail before training when the outputs cannot be written."""
-    for folder in (spec.out.parent, spec.run_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OSError(f"cannot create the output folder {str(folder)!r}: "
-                          f"{error.strerror or error}") from None
-        if not os.access(folder, os.W_OK):
-            raise OSError(f"cannot write to {str(folder)!r}: permission denied")
-        try:  # a real file: permission bits alone can mislead (root, read-only mounts)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as error:
-            raise OSError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
-    # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments).
-    needed = cfg.num_params * (12 + 12 * (spec.train.keep_checkpoints + 1)) + (1 << 20)
-    free = shutil.disk_usage(spec.run_dir).free
-    if free < needed:
-        raise OSError(f"not enough disk space in {str(spec.run_dir)!r}: {free >> 20} MiB free, "
-                      f"this run needs about {needed >> 20} MiB")
-
-
-def _remove_stale_temp_files(spec: RunSpec) -> None:
-    """Delete the temp files of atomic writes cut short by a kill -9 (``.NAME.*.tmp``)."""
-    for target in (spec.out, spec.run_dir / "config.json", spec.run_dir / "metrics.jsonl"):
-        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
     saved = _prepare_dir(spec)
     if saved is not None:
-        _check_resume(spec, saved)
+        resume.check_resume(spec, saved)
     spec, location = _settle_paths(spec, saved)
-    model, tcfg = (spec.model, spec.train) if saved is None else _resumed_config(spec, saved)
+    model, tcfg = (spec.model, spec.train) if saved is None else resume.resumed_config(spec, saved)
     if saved is None and spec.base is not None and "vocab" not in spec.train_given:
         tcfg = dataclasses.replace(tcfg, vocab=spec.base[2].encoding)  # the base model's
     remedy = ("fine-tune a model trained with --vocab bytes"
@@ -293,7 +178,7 @@ def run(spec: RunSpec) -> RunResult:
                               encoding=tcfg.vocab, remedy=remedy)
     digest = hashlib.sha256(corpus.raw).hexdigest()
     if saved is not None:
-        _check_same_text(saved, digest, location)
+        resume.check_same_text(saved, digest, location)
     model, vocab, params = _model_and_vocab(spec, saved, corpus, tcfg.vocab, tcfg.seed)
     cfg = ModelConfig(**model, vocab_size=len(vocab))
     ids = vocab.encode(corpus.content)
@@ -307,12 +192,12 @@ def run(spec: RunSpec) -> RunResult:
     total_steps = min(limits) if limits else None
     check_freeze(tcfg.freeze, cfg.num_layers)
     make_schedule(tcfg, total_steps)  # refuses a schedule without a known length
-    _check_memory(cfg)
-    _check_output_room(spec, cfg)
-    _remove_stale_temp_files(spec)
+    preflight.check_memory(cfg)
+    preflight.check_output_room(spec, cfg)
+    preflight.remove_stale_temp_files(spec)
     log(f"run directory: {spec.run_dir}")  # after the checks: a refusal stays one line
     if saved is not None:
-        _keep_best_at_new_out(spec, saved)
+        resume.keep_best_at_new_out(spec, saved)
     # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
     base = os.path.abspath(spec.base_path) if spec.base_path else (saved or {}).get("base")
     atomic_write(spec.run_dir / "config.json", json.dumps({
