@@ -147,7 +147,7 @@ def _sum_outer(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
     einsum copies bfloat16 operands into a layout it does take (~8 ms). See
     ``benchmarks/README.md``."""
     if precision == "float32":
-        return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+        return matmul(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
     return jnp.einsum("tbi,tbg->ig", lowered(a, precision), lowered(b, precision),
                       preferred_element_type=jnp.float32)
 

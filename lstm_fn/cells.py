@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from reference_numpy import spec
 
@@ -45,11 +46,13 @@ def lowered(w: jax.Array, precision: str) -> jax.Array:
 
 
 def matmul(a: jax.Array, b: jax.Array, precision: str = "float32") -> jax.Array:
-    """``a @ b``. With ``"bfloat16"`` both operands are rounded to bfloat16 and the products
-    summed in float32 (the result is float32): on CPUs with AMX and on GPUs' tensor cores
-    such a matmul runs several times faster; the params and all other math stay float32."""
+    """``a @ b``. ``"float32"`` is full float32 (``Precision.HIGHEST``: on GPUs JAX's default
+    would round operands to TF32). With ``"bfloat16"`` both operands are rounded to bfloat16
+    and the products summed in float32 (the result is float32): on CPUs with AMX and on
+    GPUs' tensor cores such a matmul runs several times faster; the params and all other
+    math stay float32."""
     if precision == "float32":
-        return a @ b
+        return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
     return jnp.matmul(lowered(a, precision), lowered(b, precision),
                       preferred_element_type=jnp.float32)
 

@@ -19,8 +19,9 @@ TRAIN_HELP = {
     "minutes": ("--minutes", "Stop after this much wall-clock time (this invocation)."),
     "optimizer": ("--optimizer", "adam, adamw, sgd (with momentum) or rmsprop."),
     "learning_rate": ("--lr", "Peak learning rate."),
-    "weight_decay": ("--weight-decay", "Decoupled weight decay (adamw)."),
-    "momentum": ("--momentum", "Momentum (sgd)."),
+    "weight_decay": ("--weight-decay", "Weight decay: decoupled with adamw, L2 (added to the "
+                     "gradient, as torch.optim does) with the others."),
+    "momentum": ("--momentum", "Momentum (sgd only)."),
     "grad_clip": ("--grad-clip", "Clip gradients to this global norm (0: off)."),
     "schedule": ("--schedule", "constant, cosine (warmup + cosine), exponential, plateau."),
     "warmup_steps": ("--warmup-steps", "Linear warmup length."),

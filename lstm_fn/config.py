@@ -38,7 +38,7 @@ class TrainConfig:
     without a better validation loss stop early. One step trains on ``batch_size`` parallel
     streams of ``seq_len`` characters. Schedules: ``constant``; ``cosine`` (linear warmup,
     then cosine down to ``min_lr_ratio`` of the rate at the last step); ``exponential``
-    (times ``decay_rate`` every ``decay_steps``); ``plateau`` (times ``plateau_factor`` after
+    (``decay_rate ** (step / decay_steps)``, smooth); ``plateau`` (times ``plateau_factor`` after
     ``plateau_patience`` evaluations without improvement). Each evaluation during training
     scores at most ``eval_chars`` characters of the validation split, spread over it (0: all
     of it), so a big corpus does not spend its time evaluating. ``gradients``: ``manual`` (the

@@ -17,7 +17,8 @@ import numpy as np
 from lstm_fn import checkpoint, data
 from lstm_fn.optim import ValTracker
 from lstm_fn.parallel import batch_mesh
-from lstm_fn.train import evaluate, make_train_step, state_layout
+from lstm_fn.train import (SAMPLE_STREAM, evaluate, make_train_step, state_layout,
+                           stream_key)
 from lstm_fn.weights import save_weights
 from reference_numpy.atomic import atomic_write
 
@@ -268,6 +269,6 @@ def _show_sample(params, cfg, vocab, train_ids, tcfg, step):
 
     prime = np.asarray(train_ids[:1])
     chunks = generate(params, cfg, prime, tcfg.sample_length, temperature=0.8,
-                      key=jax.random.fold_in(jax.random.key(tcfg.seed), step))
+                      key=jax.random.fold_in(stream_key(tcfg.seed, SAMPLE_STREAM), step))
     ids = np.concatenate([prime, *(chunk[0] for chunk in chunks)])
     log(f"--- sample at step {step} ---\n{vocab.decode(ids)}\n---")

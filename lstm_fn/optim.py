@@ -14,15 +14,26 @@ from lstm_fn.config import TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping (``grad_clip`` 0 disables it), then the optimizer's direction."""
+    """Global-norm clipping (``grad_clip`` 0 disables it), then the optimizer's direction,
+    with the update rules of ``torch.optim`` (checked against it in float64):
+
+    - ``adam``: Adam (betas 0.9, 0.999, eps 1e-8); ``adamw``: the same plus decoupled weight
+      decay ``lr * weight_decay * p``; ``sgd``: momentum ``momentum`` (no dampening, not
+      Nesterov); ``rmsprop``: ``g / (sqrt(v) + 1e-8)`` with ``v`` averaged at 0.95 (char-rnn's
+      rate; torch's default is 0.99), no momentum.
+    - ``weight_decay`` with adam, sgd or rmsprop is L2: ``weight_decay * p`` added to the
+      (clipped) gradient, as ``torch.optim``'s ``weight_decay`` does.
+    """
+    decay = optax.add_decayed_weights(cfg.weight_decay)
     direction = {
         "adam": lambda: optax.scale_by_adam(),
-        "adamw": lambda: optax.chain(optax.scale_by_adam(),
-                                     optax.add_decayed_weights(cfg.weight_decay)),
+        "adamw": lambda: optax.chain(optax.scale_by_adam(), decay),
         "sgd": lambda: optax.trace(decay=cfg.momentum),
-        "rmsprop": lambda: optax.scale_by_rms(decay=0.95, eps=1e-8),
+        "rmsprop": lambda: optax.scale_by_rms(decay=0.95, eps=1e-8, eps_in_sqrt=False),
     }[cfg.optimizer]()
-    if cfg.grad_clip > 0:
+    if cfg.weight_decay and cfg.optimizer != "adamw":
+        direction = optax.chain(decay, direction)
+    if cfg.grad_clip > 0:  # (the nesting is the checkpointed optimizer state's layout)
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), direction)
     return direction
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lstm_fn.cells import get_cell
+from lstm_fn.cells import get_cell, matmul
 from lstm_fn.model import ModelConfig, apply
 from lstm_fn.vocab import Vocab
 
@@ -101,10 +101,10 @@ def _next_logits(params: dict, cfg: ModelConfig, table: jax.Array, carry: tuple,
     new_carry = []
     for i, (p, layer_carry) in enumerate(zip(params["layers"], carry)):
         if i:
-            gx = x @ p["w_x"] + p["b_x"]
+            gx = matmul(x, p["w_x"]) + p["b_x"]
         layer_carry, x = step(p, layer_carry, gx)  # x: [S, H]
         new_carry.append(layer_carry)
-    return tuple(new_carry), x @ params["head"]["w"] + params["head"]["b"]
+    return tuple(new_carry), matmul(x, params["head"]["w"]) + params["head"]["b"]
 
 
 def _input_table(params: dict) -> jax.Array:
@@ -112,7 +112,7 @@ def _input_table(params: dict) -> jax.Array:
     adds to the first layer's gates, so a step gathers one row instead of an ``[S, E]`` by
     ``[E, G*H]`` product (computed once per chunk, ``V*E*G*H`` multiply-adds)."""
     first = params["layers"][0]
-    return params["embed"] @ first["w_x"] + first["b_x"]
+    return matmul(params["embed"], first["w_x"]) + first["b_x"]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "length", "top_k", "greedy"))

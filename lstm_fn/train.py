@@ -5,9 +5,9 @@ The state is a plain dict pytree, so orbax saves it as it is::
     {"params": ..., "opt_state": ..., "carry": per-layer states [B, H],
      "step": int32 [], "lr_scale": float32 []}
 
-Randomness (dropout) is ``fold_in(key(seed), step)``: nothing random is carried, and the
-batch of a step is a pure function of the step, so a run resumed from a checkpoint repeats
-the uninterrupted run bit for bit.
+Randomness (dropout) is ``fold_in(stream_key(seed, DROPOUT_STREAM), step)``: nothing random
+is carried, and the batch of a step is a pure function of the step, so a run resumed from a
+checkpoint repeats the uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
@@ -24,8 +24,21 @@ from jax.sharding import Mesh
 from lstm_fn import data, parallel
 from lstm_fn.config import TrainConfig
 from lstm_fn.bptt import manual_apply, manual_loss
+from lstm_fn.cells import matmul
 from lstm_fn.model import ModelConfig, dropout_masks, initial_state, loss
 from lstm_fn.optim import make_optimizer, make_schedule
+
+
+# The random streams of a run, all from key(seed). The init draws from split(key(seed), n),
+# which equals fold_in(key(seed), i) for i < n, so a stream folded in by step number alone
+# would reuse the init's numbers (dropout at step 2 = layer 0's initial w_x); each stream
+# folds in its own tag first, far from any layer index.
+DROPOUT_STREAM, SAMPLE_STREAM = 0x64726F70, 0x73616D70  # "drop", "samp"
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """The root key of one random stream of a run (fold in the step next)."""
+    return jax.random.fold_in(jax.random.key(seed), stream)
 
 
 def check_freeze(freeze: tuple[str, ...], num_layers: int) -> None:
@@ -93,7 +106,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     """
     tx = make_optimizer(tcfg)
     schedule = make_schedule(tcfg, total_steps)
-    base_key = jax.random.key(tcfg.seed)
+    base_key = stream_key(tcfg.seed, DROPOUT_STREAM)
     value_and_grad = jax.value_and_grad(_loss_function(cfg, tcfg), has_aux=True)
     if mesh is not None:
         value_and_grad = parallel.split_batch(value_and_grad, mesh)
@@ -143,7 +156,7 @@ def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):
 def _eval_step(params, cfg, carry, inputs, targets, mask, reset):
     # The hand-written layer's forward: the numbers of `apply`, faster on CPU (benchmarks/).
     hs, carry = manual_apply(params, cfg.cell, inputs, _reset(carry, reset))  # [T, B, H]
-    logits = jnp.swapaxes(hs, 0, 1) @ params["head"]["w"] + params["head"]["b"]
+    logits = matmul(jnp.swapaxes(hs, 0, 1), params["head"]["w"]) + params["head"]["b"]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return (nll * mask).sum(), carry
 
