@@ -91,7 +91,7 @@ def test_loss_is_mean_nats_and_mask_weights_positions():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("num_layers", [2])  # 1 and 3: pairwise in test_bptt, test_reference_numpy
 def test_four_way_gradient_check(cell, num_layers):
     """jax.grad vs lstm_fn.bptt vs numpy BPTT vs central differences, float64, T = 20,
     non-zero initial carry, dropout masks shared by all, every tensor and the carry."""

@@ -1,5 +1,5 @@
 """The CLI pipeline end to end on tiny models: pretrain, sample, eval, info, plot,
-fine-tune with new characters, and exact resume after kill -9 and SIGTERM."""
+fine-tune with new characters, and resume after SIGTERM (kill -9: test_faults.py)."""
 
 import json
 import os
@@ -97,36 +97,6 @@ def run_args(corpus, work, steps, eval_every=None):
     return ["pretrain", corpus, *TINY, "--steps", steps, "--eval-every", eval_every or steps,
             "--checkpoint-every", "50", "--dropout", "0.1", "--run-dir", work / "run",
             "--out", work / "model.json"]
-
-
-@pytest.mark.slow
-def test_kill_9_and_resume_is_bit_exact(corpus, tmp_path):
-    """N steps, kill -9 mid-run, resume to 2N: the same parameters, bit for bit, as an
-    uninterrupted run of 2N steps (CPU)."""
-    straight = lstm_fn(*run_args(corpus, tmp_path / "a", 400))
-    assert straight.returncode == 0, straight.stderr
-
-    work = tmp_path / "b"
-    proc = subprocess.Popen(lstm_fn_command(*run_args(corpus, work, 400)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (work / "run" / "checkpoints" / "00000100").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(int(p.name) for p in (work / "run" / "checkpoints").iterdir()
-                    if p.name.isdigit())
-    assert killed_at < 400
-    resumed = lstm_fn(*run_args(corpus, work, 400), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from checkpoint {killed_at}" in resumed.stderr
-    assert (work / "model.json").read_bytes() == (tmp_path / "a" / "model.json").read_bytes()
-    # the training loss reported at step 400 averages steps from both sides of the kill
-    rows = [[json.loads(line) for line in (folder / "run" / "metrics.jsonl").open()]
-            for folder in (tmp_path / "a", work)]
-    assert rows[0][-1]["train_loss"] == rows[1][-1]["train_loss"]
 
 
 @pytest.mark.slow
