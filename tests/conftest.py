@@ -1,10 +1,15 @@
 """Shared test set-up: exact float32 matmuls, tolerances stated once, small problems."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
+# Tests run in two worker processes (pyproject's addopts) and start more: on a GPU, none of
+# them may take the usual 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -38,8 +43,6 @@ def rng():
 def compilation_cache(tmp_path_factory):
     """CLI subprocesses share one persistent compilation cache for the session, outside
     the user's home."""
-    import os
-
     path = os.environ.setdefault("LSTM_FN_CACHE", str(tmp_path_factory.mktemp("jax-cache")))
     return path
 
