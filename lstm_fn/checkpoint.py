@@ -217,6 +217,10 @@ def _restore_with(manager, abstract_state, step: int | None) -> Restored | None:
             skipped.append((candidate, _one_line(error)))
             continue
         return Restored(state, meta, candidate, skipped)
+    if all("tree structures do not match" in reason for _, reason in skipped):
+        raise CheckpointError(f"the checkpoints in {directory} hold a training state of "
+                              "another layout (another optimizer setting, or an older "
+                              "lstm_fn): start a new run, or fine-tune from its best model")
     reasons = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
     raise CheckpointError(f"no intact checkpoint in {directory}: {reasons}")
 

@@ -129,6 +129,17 @@ def test_damaged_newest_falls_back_and_reports(tmp_path, how, reason):
     assert skipped_step == 2 and re.search(reason, why) and "\n" not in why
 
 
+def test_a_state_of_another_layout_is_named(tmp_path):
+    """Intact checkpoints whose optimizer state has another shape of tree (a changed
+    optimizer setting): one clear message, not a list of per-step tree dumps."""
+    save_steps(tmp_path, [1, 2])
+    other = jax.eval_shape(lambda: {**make_state(0), "opt_state": optax.sgd(0.1).init(
+        make_state(0)["params"])})
+    with pytest.raises(checkpoint.CheckpointError, match="another layout") as error:
+        checkpoint.restore(tmp_path, other)
+    assert "\n" not in str(error.value)
+
+
 def test_all_damaged_raises(tmp_path):
     save_steps(tmp_path, [1, 2])
     damage(step_dir(tmp_path, 1), "truncate")
