@@ -245,15 +245,17 @@ def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int,
     if n_predictions < 1:
         return
     n_rows = min(batch_size, n_predictions)
-    row_lengths = np.zeros(batch_size, dtype=np.int64)
-    row_lengths[:n_rows] = n_predictions // n_rows
-    row_lengths[: n_predictions % n_rows] += 1
+
+    def shares(total: int) -> np.ndarray:  # [B]: total cut into n_rows near-equal parts
+        parts = np.zeros(batch_size, dtype=np.int64)
+        parts[:n_rows] = total // n_rows
+        parts[: total % n_rows] += 1
+        return parts
+
+    row_lengths = shares(n_predictions)
     row_starts = np.concatenate([[0], np.cumsum(row_lengths)[:-1]])
     if max_predictions is not None and max_predictions < n_predictions:
-        share = np.zeros(batch_size, dtype=np.int64)
-        share[:n_rows] = max_predictions // n_rows
-        share[: max_predictions % n_rows] += 1
-        row_lengths = np.minimum(row_lengths, share)
+        row_lengths = np.minimum(row_lengths, shares(max_predictions))
     n_windows = -(-int(row_lengths.max()) // seq_len)
     for window in range(n_windows):  # one window at a time: a big split is never copied whole
         offsets = np.arange(window * seq_len, (window + 1) * seq_len)

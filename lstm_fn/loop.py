@@ -43,6 +43,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def resume_command(command: str, run_dir) -> str:
+    """The command line that continues a run, quoted for the shell."""
+    return f"lstm-fn {command} --resume --run-dir {shlex.quote(str(run_dir))}"
+
+
 class Signals:
     """Records SIGINT / SIGTERM so the loop can checkpoint and stop between steps."""
 
@@ -244,8 +249,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         metrics_file.close()
     if status == "interrupted":
         message = (f"interrupted at step {step}: checkpoint saved; continue with "
-                   f"`lstm-fn {spec.command} --resume --run-dir "
-                   f"{shlex.quote(str(spec.run_dir))}`")
+                   f"`{resume_command(spec.command, spec.run_dir)}`")
     test = None
     if status == "done" and len(test_ids) > 1 and spec.out.exists():
         from lstm_fn.weights import load_weights

@@ -7,13 +7,12 @@ corpus's contents must be the run's own (its batches depend on all three).
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lstm_fn import data
 from lstm_fn.config import STOPPING_RULES, ConfigError, TrainConfig
-from lstm_fn.loop import log
+from lstm_fn.loop import log, resume_command
 from reference_numpy.atomic import atomic_write
 
 if TYPE_CHECKING:
@@ -29,8 +28,7 @@ def check_resume(spec: RunSpec, saved: dict) -> None:
     made_by = saved.get("command") or ("fine-tune" if saved.get("base") else "pretrain")
     if made_by != spec.command:
         raise ConfigError(f"--resume: {str(spec.run_dir)!r} is a {made_by} run; continue it "
-                          f"with `lstm-fn {made_by} --resume --run-dir "
-                          f"{shlex.quote(str(spec.run_dir))}`")
+                          f"with `{resume_command(made_by, spec.run_dir)}`")
     if spec.base_path is not None and saved.get("base") and \
             Path(spec.base_path).resolve() != Path(saved["base"]).resolve():
         raise ConfigError(f"--resume: the run fine-tunes {saved['base']!r}, not "
