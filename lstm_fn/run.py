@@ -108,9 +108,10 @@ def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | Non
 
 def grow_vocab(params: dict, cfg: ModelConfig, extra: int, key: jax.Array) -> dict:
     """Append ``extra`` token ids: new embedding rows drawn like the old ones, new output
-    columns zero with bias ``min(b) - log(extra)``, so all new characters together start no
-    likelier than the rarest old one (many new ones would otherwise take probability from
-    the text the model knows); old ids unchanged."""
+    columns zero with bias ``min(b) - log(extra)``, so all new characters together weigh what
+    one with the smallest old bias and no weights would, however many there are (with each
+    new one as likely as the rarest old one, thousands would take probability from the text
+    the model knows); old ids unchanged."""
     embed, head = np.asarray(params["embed"]), params["head"]
     new_rows = np.asarray(jax.random.normal(key, (extra, cfg.embed_size))) * embed.std()
     new_bias = np.full(extra, np.min(head["b"]) - np.log(extra), np.float32)

@@ -98,3 +98,20 @@ def test_huge_length_streams(model_file, tmp_path):
     assert received.startswith(b"the ")
     assert set(received.decode("utf-8", errors="strict")) <= set(SHORT_TEXT)
     assert rss_kib < 2 * 1024 * 1024, f"peak memory {rss_kib} KiB"
+
+
+def test_a_character_split_between_prime_and_sample_comes_out_whole(tmp_path):
+    """A bytes model primed with the first byte of 'é' (0xC3) that always answers 0xA9."""
+    vocab = lstm_fn.Vocab.bytes()
+    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+    params = jax.tree.map(lambda a: a * 0, lstm_fn.init(jax.random.key(0), cfg))
+    params["head"]["b"] = params["head"]["b"].at[0xA9].set(10.0)
+    model = tmp_path / "always_a9.json"
+    lstm_fn.save_weights(model, params, cfg, vocab)
+    prime = tmp_path / "prime.bin"
+    prime.write_bytes(b"caf\xc3")
+    result = invoke("sample", "--from", model, "--prime", f"@{prime}", "--length", "1", "--greedy")
+    assert result.exit_code == 0 and result.stdout == "caf\u00e9\n", result.output
+    result = invoke("sample", "--from", model, "--prime", f"@{prime}", "--length", "1", "--greedy",
+                    "--num-samples", "2")
+    assert result.stdout == "--- sample 1 ---\ncaf\u00e9\n--- sample 2 ---\ncaf\u00e9\n", result.output
