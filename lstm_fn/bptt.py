@@ -30,11 +30,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from lstm_fn.cells import CELLS, HiddenState, LSTMState, lowered, matmul, split_gates
-from lstm_fn.model import ModelConfig, checked_tokens, layer_states, masked_mean
+from lstm_fn.model import ModelConfig, checked_tokens, cross_entropy, layer_states
 from reference_numpy import spec
 
 
@@ -149,7 +148,7 @@ def _sum_outer(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
     if precision == "float32":
         return matmul(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]))
     return jnp.einsum("tbi,tbg->ig", lowered(a, precision), lowered(b, precision),
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 4))
@@ -268,7 +267,7 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple | None
     Returns:
       ``(top layer's outputs [T, B, H], tuple of final states)``.
     """
-    tokens = checked_tokens(tokens)
+    tokens = checked_tokens(tokens, params["embed"].shape[0])
     carry = layer_states(cell, params, tokens.shape[0], carry)
     embed, w_x = params["embed"], params["layers"][0]["w_x"]
     if embed.shape[0] <= tokens.size:
@@ -306,6 +305,4 @@ def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array,
     """
     top, carry = manual_apply(params, cfg.cell, inputs, carry, masks, precision)
     logits = matmul(jnp.swapaxes(top, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
-    targets = checked_tokens(targets, "targets")
-    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
-        carry
+    return cross_entropy(logits, targets, mask), carry

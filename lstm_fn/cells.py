@@ -48,13 +48,14 @@ def lowered(w: jax.Array, precision: str) -> jax.Array:
 def matmul(a: jax.Array, b: jax.Array, precision: str = "float32") -> jax.Array:
     """``a @ b``. ``"float32"`` is full float32 (``Precision.HIGHEST``: on GPUs JAX's default
     would round operands to TF32). With ``"bfloat16"`` both operands are rounded to bfloat16
-    and the products summed in float32 (the result is float32): on CPUs with AMX and on
-    GPUs' tensor cores such a matmul runs several times faster; the params and all other
-    math stay float32."""
+    and the products summed in float32 (the result has the operands' dtype): on CPUs with AMX
+    and on GPUs' tensor cores such a matmul runs several times faster; the params and all
+    other math keep their dtype."""
     if precision == "float32":
         return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
+    out = a.dtype if b.dtype == jnp.bfloat16 else jnp.result_type(a, b)  # b: maybe lowered
     return jnp.matmul(lowered(a, precision), lowered(b, precision),
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=jnp.float32).astype(out)
 
 
 def split_gates(cell: str, a: jax.Array) -> list[jax.Array]:
@@ -143,8 +144,9 @@ def init_layer(key: jax.Array, cell: str, input_size: int, hidden_size: int,
     bound = 1.0 / hidden_size**0.5
     w_x = jax.random.uniform(kx, (input_size, G * hidden_size), dtype, -bound, bound)
     ortho = jax.nn.initializers.orthogonal()
-    w_h = jnp.concatenate(
-        [ortho(k, (hidden_size, hidden_size), dtype) for k in jax.random.split(kh, G)], axis=1)
+    drawn = jnp.promote_types(dtype, jnp.float32)  # the QR has no bfloat16/float16 kernel
+    w_h = jnp.concatenate([ortho(k, (hidden_size, hidden_size), drawn)
+                           for k in jax.random.split(kh, G)], axis=1).astype(dtype)
     b_x = jnp.zeros((G * hidden_size,), dtype)
     if cell == "lstm":
         b_x = b_x.at[spec.gate_slice("lstm", "f", hidden_size)].set(spec.LSTM_FORGET_BIAS)

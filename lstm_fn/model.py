@@ -88,14 +88,41 @@ def initial_state(cfg: ModelConfig, batch_size: int, dtype=jnp.float32) -> tuple
                  for _ in range(cfg.num_layers))
 
 
-def checked_tokens(tokens: jax.typing.ArrayLike, name: str = "tokens") -> jax.Array:
+def checked_tokens(tokens: jax.typing.ArrayLike, vocab_size: int | None = None,
+                   name: str = "tokens") -> jax.Array:
     """``tokens`` as an integer ``[B, T]`` array (lists and numpy arrays are converted);
-    ValueError for another rank or a float dtype."""
+    ValueError for another rank, a float dtype, no rows or no steps, and, when the ids are
+    known (not traced under ``jit``/``vmap``), an id outside ``[0, vocab_size)``. Under
+    ``jit`` nothing can check them: an embedding lookup clamps an out-of-range id."""
     tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"{name} must be integer ids [B, T], got {tokens.dtype} "
-                         f"{list(tokens.shape)}")
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer) or 0 in tokens.shape:
+        raise ValueError(f"{name} must be integer ids [B, T] with B, T >= 1, got "
+                         f"{tokens.dtype} {list(tokens.shape)}")
+    if vocab_size is not None and not isinstance(tokens, jax.core.Tracer):
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} must be ids in [0, {vocab_size}), got {low}..{high}")
     return tokens
+
+
+def cross_entropy(logits: jax.Array, targets: jax.typing.ArrayLike,
+                  mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+    """Mean softmax cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]``, or
+    ``sum(mask * nll) / sum(mask)`` with float ``mask [B, T]`` (0 when it is all zero).
+    ValueError when targets or mask have another shape than the logits' ``[B, T]``."""
+    targets = checked_tokens(targets, name="targets")
+    if targets.shape != logits.shape[:2]:
+        raise ValueError(f"targets must have the shape of the tokens, {list(logits.shape[:2])}, "
+                         f"got {list(targets.shape)}")
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    if mask is None:
+        return nll.mean()
+    mask = jnp.asarray(mask)
+    if mask.shape != nll.shape:
+        raise ValueError(f"mask must have the shape of the tokens, {list(nll.shape)}, got "
+                         f"{list(mask.shape)}")
+    total = mask.sum()
+    return (nll * mask).sum() / jnp.where(total > 0, total, 1.0)
 
 
 def layer_states(cell: str, params: dict, batch_size: int, carry: tuple | None) -> tuple:
@@ -153,7 +180,7 @@ def apply(params: dict, cfg: ModelConfig, tokens: jax.Array, carry: tuple | None
     Returns:
       ``(logits [B, T, V], carry)``.
     """
-    tokens = checked_tokens(tokens)
+    tokens = checked_tokens(tokens, params["embed"].shape[0])
     carry = layer_states(cfg.cell, params, tokens.shape[0], carry)
     xs = params["embed"][tokens.T]  # [T, B, E]: time-major for the scan
     new_carry = []
@@ -181,14 +208,4 @@ def loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
     """
     logits, carry = apply(params, cfg, tokens, carry, dropout_masks=dropout_masks,
                           precision=precision)
-    targets = checked_tokens(targets, "targets")
-    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets), mask), \
-        carry
-
-
-def masked_mean(nll: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """``mean(nll)``, or ``sum(mask * nll) / sum(mask)`` (0 when the mask is all zero)."""
-    if mask is None:
-        return nll.mean()
-    total = mask.sum()
-    return (nll * mask).sum() / jnp.where(total > 0, total, 1.0)
+    return cross_entropy(logits, targets, mask), carry

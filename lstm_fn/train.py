@@ -82,7 +82,9 @@ def init_state(params: dict, cfg: ModelConfig, tcfg: TrainConfig) -> dict:
 
 
 def _reset(carry, reset):
-    """Zero the carried state where a new pass over the data starts."""
+    """Zero the carried state of every stream where a new pass over the data starts."""
+    if jnp.ndim(reset) != 0:
+        raise ValueError(f"reset must be one bool for all streams, got shape {jnp.shape(reset)}")
     return jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), carry)
 
 
@@ -92,7 +94,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     state's buffers donated (updated in place).
 
     One truncated-BPTT update: the carry from the previous window is the initial state
-    (gradients stop at the window border), the mean loss over ``[B, T]`` is differentiated,
+    (gradients stop at the window border; ``reset``, one bool for all streams, zeroes it
+    first, as at the start of a pass over the data), the mean loss over ``[B, T]`` is differentiated,
     gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
     direction (zero for frozen tensors, weight decay included) is applied with
     ``lr = schedule(step) * lr_scale``. ``metrics`` holds the loss, the (unclipped) gradient

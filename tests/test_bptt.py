@@ -210,3 +210,5 @@ def test_manual_train_step_equals_autodiff():
     # the two steps really trained: parameters moved away from the init
     assert max(float(jnp.abs(a - b).max()) for a, b in
                zip(jax.tree.leaves(params), jax.tree.leaves(manual["params"]))) > 1e-3
+    with pytest.raises(ValueError, match="reset must be one bool for all streams"):
+        step(state, batch[0], batch[1], jnp.ones(4, bool))  # traced again: no compile

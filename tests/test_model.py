@@ -167,8 +167,11 @@ def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
 
 
 @pytest.mark.parametrize("tokens, carry, message", [
-    (np.zeros(5, np.int32), None, r"tokens must be integer ids \[B, T\], got int32 \[5\]"),
+    (np.zeros(5, np.int32), None, r"tokens must be integer ids \[B, T\] with B, T >= 1, got int32 \[5\]"),
     (np.zeros((1, 5), np.float32), None, "tokens must be integer ids"),
+    (np.zeros((2, 0), np.int32), None, r"B, T >= 1, got int32 \[2, 0\]"),
+    (np.full((1, 5), 11, np.int32), None, r"tokens must be ids in \[0, 11\), got 11..11"),
+    ([[-1, 3]], None, r"got -1..3"),
     (np.zeros((1, 5), np.int32), (), "carry has 0 layer states, the model has 2"),
     (np.zeros((2, 5), np.int32), "batch of 3", r"carry\[0\].h has shape \[3, 8\], the tokens "
                                                r"and the model need \[2, 8\]"),
@@ -195,3 +198,40 @@ def test_model_config_takes_numpy_numbers():
 def test_model_config_refuses_bad_values_by_name(field, value):
     with pytest.raises(ValueError, match=field if field != "cell" else "unknown cell"):
         ModelConfig(**{field: value})
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_targets_and_mask_must_fit_the_tokens(cell):
+    from lstm_fn.bptt import manual_loss
+
+    cfg, params, tokens, _ = problem(cell)
+    B, T = tokens.shape
+    for loss in (lambda *a, **k: lstm_fn.loss(params, cfg, *a, **k),
+                 lambda *a, **k: manual_loss(params, *a, cfg=cfg, **k)):
+        with pytest.raises(ValueError, match=rf"targets must have the shape of the tokens, "
+                                             rf"\[{B}, {T}\], got \[1, {T}\]"):
+            loss(tokens, tokens[:1])
+        with pytest.raises(ValueError, match=r"mask must have the shape"):
+            loss(tokens, tokens, mask=np.ones((B, T + 1)))
+        mask = np.zeros((B, T)).tolist()  # a list is taken like tokens and targets are
+        assert float(loss(tokens, tokens, mask=mask)[0]) == 0.0
+    with pytest.raises(ValueError, match="manual|B, T >= 1"):
+        manual_loss(params, tokens[:, :0], tokens[:, :0], cfg=cfg)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float64])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_any_float_dtype_initializes_and_keeps_its_dtype(dtype, precision):
+    """init in half precision (the orthogonal blocks are drawn in float32), and loss and
+    both gradients in the params' dtype whatever the matmuls' precision."""
+    from lstm_fn.bptt import manual_loss
+
+    with jax.enable_x64(dtype == jnp.float64):
+        cfg = ModelConfig("lstm", 7, 3, 4, 2)
+        params = lstm_fn.init(jax.random.key(0), cfg, dtype)
+        tokens = jnp.array([[1, 2, 3, 0], [4, 4, 2, 1]])
+        for loss in (lambda p: lstm_fn.loss(p, cfg, tokens, tokens, precision=precision)[0],
+                     lambda p: manual_loss(p, tokens, tokens, cfg=cfg, precision=precision)[0]):
+            value, grads = jax.value_and_grad(loss)(params)
+            assert value.dtype == dtype and np.isfinite(float(value))
+            assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
