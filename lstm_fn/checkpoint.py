@@ -22,6 +22,7 @@ Example:
         save(manager, step, state, {"data_position": pos, "vocab": vocab})
 """
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,15 +42,23 @@ _NAME_FORMAT = ocp.step.standard_name_format(step_format_fixed_length=STEP_DIGIT
 _TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for unfinished saves
 
 
-class _QuietReadOnly(logging.Filter):
-    """Drops orbax's warning that a manager is read-only: we open them so on purpose, to
-    list and restore, and the warning landed on stderr next to one-line errors."""
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (an OSError, or orbax's / tensorstore's wrapping of one) is ENOSPC."""
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
+
+
+class _Quiet(logging.Filter):
+    """Drops two orbax messages that landed on stderr next to our one-line errors: that a
+    manager is read-only (we open them so on purpose, to list and restore), and the
+    traceback of a save that filled the disk (the loop names that in one line)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and disk_full(record.exc_info[1]):
+            return False
         return not record.getMessage().startswith("Given directory is read only")
 
 
-logging.getLogger("absl").addFilter(_QuietReadOnly())
+logging.getLogger("absl").addFilter(_Quiet())
 
 
 class CheckpointError(Exception):

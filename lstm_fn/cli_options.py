@@ -129,7 +129,8 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
         if resume:
             raise click.UsageError("--resume needs --run-dir")
         name = Path(corpus).stem if corpus else "pydoc"
-        run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # the process id keeps runs started in the same second apart (a grid search)
+        run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     spec = RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
                    Path("model.json" if command == "pretrain" else "tuned.json"), resume,
                    Path(data_dir), base_path and Path(base_path),
@@ -140,6 +141,10 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     if result.status == "done":
         if result.out.exists():
             click.echo(f"best model: {result.out} (validation {result.best_val:.4f} nats/char)")
-        else:
+        elif result.best_val is None:
             click.echo(f"no model written to {result.out}: no evaluation has run", err=True)
+        else:  # removed after the best evaluation, which no later one beat
+            click.echo(f"no model at {result.out}: it was removed after the run's best "
+                       f"evaluation ({result.best_val:.4f} nats/char), and no evaluation since "
+                       "beat it", err=True)
     sys.exit(result.exit_code)

@@ -100,7 +100,10 @@ def _resolve_path(spec: str, data_dir: Path) -> Path:
     if not path.exists() and (data_dir / spec).exists():
         path = data_dir / spec
     if not path.exists():
-        raise CorpusError(f"corpus file not found: {spec!r} (nor {str(data_dir / spec)!r})")
+        if path.is_symlink():
+            raise CorpusError(f"corpus path is a broken symbolic link or a link loop: {spec!r}")
+        elsewhere = "" if path.is_absolute() else f" (nor {str(data_dir / spec)!r})"
+        raise CorpusError(f"corpus file not found: {spec!r}{elsewhere}")
     if path.is_dir():
         raise CorpusError(f"corpus path is a directory, not a file: {str(path)!r}")
     return path

@@ -161,7 +161,15 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 return
             meta = {"tracker": tracker.as_dict(), "position": step, "losses": losses,
                     "seconds": seconds_before + time.monotonic() - started}
-            checkpoint.save(manager, step, state, meta)
+            try:
+                checkpoint.save(manager, step, state, meta)
+            except Exception as error:
+                if not checkpoint.disk_full(error):
+                    raise
+                last = "none yet" if last_ckpt is None else f"checkpoint {last_ckpt}"
+                raise OSError(f"disk full while saving checkpoint {step} in {str(ckpt_dir)!r} "
+                              f"(the last complete one: {last}); free some space and continue "
+                              f"with `{resume_command(spec.command, spec.run_dir)}`") from None
             last_ckpt = step
 
         def stop_nonfinite(what: str):

@@ -1,12 +1,20 @@
-"""Checks before a run writes anything: memory, room on disk, leftovers of a killed run."""
+"""Checks before a run writes anything: memory, room on disk, leftovers of a killed run, and
+the run directory's lock against a second process."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import stat
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no lock
+    fcntl = None
 
 from lstm_fn.config import ConfigError
 from lstm_fn.model import ModelConfig
@@ -43,12 +51,28 @@ def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
                 pass
         except OSError as error:
             raise OSError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
-    # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments).
-    needed = cfg.num_params * (12 + 12 * (spec.train.keep_checkpoints + 1)) + (1 << 20)
+    # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments)
+    # plus orbax's own files (~130 kB measured for a tiny model); one more checkpoint is
+    # written before the oldest is deleted. What the run already holds is reused.
+    checkpoint_size = cfg.num_params * 12 + CHECKPOINT_OVERHEAD
+    needed = (cfg.num_params * 12 + checkpoint_size * (spec.train.keep_checkpoints + 1)
+              + (1 << 20) - _size_of(spec.run_dir / "checkpoints"))
     free = shutil.disk_usage(spec.run_dir).free
     if free < needed:
-        raise OSError(f"not enough disk space in {str(spec.run_dir)!r}: {free >> 20} MiB free, "
-                      f"this run needs about {needed >> 20} MiB")
+        raise OSError(f"not enough disk space in {str(spec.run_dir)!r}: {_amount(free)} free, "
+                      f"this run needs about {_amount(needed)} more")
+
+
+CHECKPOINT_OVERHEAD = 256 << 10
+
+
+def _size_of(folder: Path) -> int:
+    """Bytes in the files under ``folder`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _amount(size: int) -> str:
+    return f"{size >> 20:,} MiB" if size >= 1 << 20 else f"{size >> 10:,} KiB"
 
 
 def remove_stale_temp_files(spec: RunSpec) -> None:
@@ -56,3 +80,50 @@ def remove_stale_temp_files(spec: RunSpec) -> None:
     for target in (spec.out, spec.run_dir / "config.json", spec.run_dir / "metrics.jsonl"):
         for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
             stale.unlink(missing_ok=True)
+
+
+def check_out_is_a_file(out: Path) -> None:
+    """Refuse an ``--out`` that exists and is not a regular file (a device, a pipe), or that
+    is this process's standard input, output or error (``/dev/stdout``, or the file it is
+    redirected to): the weights are written beside it and renamed over it."""
+    try:
+        info = out.stat()
+    except OSError:
+        return  # not there yet (or unreadable: the write says so)
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"--out {str(out)!r} exists and is not a regular file; give a file "
+                          "name")
+    for fd, name in ((0, "input"), (1, "output"), (2, "error")):
+        try:
+            std = os.fstat(fd)
+        except OSError:
+            continue
+        if (std.st_dev, std.st_ino) == (info.st_dev, info.st_ino):
+            raise ConfigError(f"--out {str(out)!r} is this command's standard {name}; give a "
+                              "file name")
+
+
+class RunDirLock:
+    """An exclusive ``flock`` on the run directory while a run uses it, so a second process
+    given the same ``--run-dir`` is refused instead of mixing its checkpoints and metrics
+    with the first one's. Released by :meth:`release` (or when the process ends)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.fd = run_dir, None
+
+    def acquire(self) -> None:
+        if self.fd is not None or fcntl is None:
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"run directory {str(self.run_dir)!r} is in use by another "
+                              "lstm-fn process; wait for it or choose another --run-dir") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None

@@ -7,6 +7,7 @@ corpus's contents must be the run's own (its batches depend on all three).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,8 @@ def check_same_text(saved: dict, digest: str, location: str | None) -> None:
 
 
 def corpus_location(spec: RunSpec, saved: dict | None) -> str | None:
-    """The corpus's absolute path; on a resume the run's own, which a given corpus must be."""
+    """The corpus's absolute path; on a resume the run's own, which a given corpus must be:
+    the recorded file, or one with the recorded contents (the file was moved)."""
     given = None if spec.corpus is None else data.corpus_location(spec.corpus, spec.data_dir)
     if saved is None:
         return given
@@ -54,6 +56,13 @@ def corpus_location(spec: RunSpec, saved: dict | None) -> str | None:
     if given is not None and recorded is not None and not Path(recorded).is_absolute() and \
             Path(given).name == Path(recorded).name:
         return given  # recorded relative to another folder (older config.json files)
+    if given is not None and recorded is not None and Path(given).is_file() and \
+            saved.get("corpus_sha256") == hashlib.sha256(Path(given).read_bytes()).hexdigest():
+        return given  # the run's text, moved or renamed
+    if given is None and recorded is not None and Path(recorded).is_absolute() and \
+            not Path(recorded).exists():
+        raise ConfigError(f"--resume: the run's corpus {recorded!r} is gone; if it moved, pass "
+                          "its new path as CORPUS")
     location = data.corpus_location(recorded, spec.data_dir)
     if given is not None and given != location:
         name = repr(recorded) if recorded else "the built-in corpus"

@@ -52,24 +52,53 @@ class RunSpec:
     base: tuple | None = None  # (params, ModelConfig, Vocab) of base_path, loaded by run()
 
 
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def model_section(cfg: ModelConfig) -> dict:
     """The config-file ``model`` section of ``cfg`` (vocab_size comes from the vocabulary)."""
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "vocab_size"}
 
 
+# What config.json of a run always records (resume reads them).
+RECORD_KEYS = ("corpus", "model", "train", "vocab", "encoding")
+
+
+def _read_record(path: Path) -> dict:
+    """A run's ``config.json``; ConfigError naming the file when it is not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record: {error}") from None
+    missing = [k for k in RECORD_KEYS if k not in record] if isinstance(record, dict) else None
+    if missing is None or missing or not all(isinstance(record[k], dict)
+                                             for k in ("model", "train")):
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record"
+                          + (f" (no {', '.join(missing)})" if missing else ""))
+    return record
+
+
 def _prepare_dir(spec: RunSpec) -> dict | None:
     """The saved config of a run being resumed; refuses to start over a run that has
-    progress (a checkpoint or an evaluation), not over one that failed before its first."""
+    progress (a checkpoint or an evaluation), not over one that failed before its first,
+    and over a ``config.json`` that is not a run's record (the run would overwrite it)."""
     config_path = spec.run_dir / "config.json"
     if spec.resume:
         if not config_path.exists():
             raise ConfigError(f"--resume: {str(spec.run_dir)!r} holds no run (no config.json)")
-        return json.loads(config_path.read_text(encoding="utf-8"))
+        return _read_record(config_path)
     metrics = spec.run_dir / "metrics.jsonl"
     if checkpoint.all_steps(spec.run_dir / "checkpoints") or (
             metrics.exists() and metrics.stat().st_size):
         raise ConfigError(f"run directory {str(spec.run_dir)!r} already holds a run; pass "
                           "--resume to continue it or choose another --run-dir")
+    if config_path.exists():
+        try:
+            _read_record(config_path)
+        except ConfigError as error:
+            raise ConfigError(f"{error}, and the run would overwrite it; choose another "
+                              "--run-dir") from None
     return None
 
 
@@ -82,6 +111,12 @@ def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | Non
     out = spec.out or Path((saved or {}).get("out") or spec.default_out)
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a folder; give a file name")
+    preflight.check_out_is_a_file(out)
+    run_files = {name: spec.run_dir / name for name in ("config.json", "metrics.jsonl", "loss.png")}
+    for name, run_file in run_files.items():
+        if location is not None and Path(location).resolve() == run_file.resolve():
+            raise ConfigError(f"the corpus {location!r} is the run's {name}, which the run "
+                              "writes; move it or choose another --run-dir")
     base_path = spec.base_path
     if spec.command == "fine-tune" and base_path is None:
         if not (saved and saved.get("base")):
@@ -94,8 +129,7 @@ def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | Non
             base_path = None  # the checkpoints hold the weights
     inputs = {"the corpus": location, "the base model (--from)": base_path,
               "the --config file": spec.config_path,
-              **{f"the run's {name}": spec.run_dir / name
-                 for name in ("config.json", "metrics.jsonl", "loss.png")}}
+              **{f"the run's {name}": path for name, path in run_files.items()}}
     for what, path in inputs.items():
         if path is not None and Path(path).resolve() == out.resolve():
             raise ConfigError(f"--out {str(out)!r} is {what}; choose another file")
@@ -166,6 +200,14 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, enc
 
 def run(spec: RunSpec) -> RunResult:
     """Train (or fine-tune, or resume) as ``spec`` says; see the module docstring."""
+    lock = preflight.RunDirLock(spec.run_dir)
+    try:
+        return _run(spec, lock)
+    finally:
+        lock.release()
+
+
+def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
     saved = _prepare_dir(spec)
     if saved is not None:
         resume.check_resume(spec, saved)
@@ -195,18 +237,21 @@ def run(spec: RunSpec) -> RunResult:
     make_schedule(tcfg, total_steps)  # refuses a schedule without a known length
     preflight.check_memory(cfg)
     preflight.check_output_room(spec, cfg)
+    lock.acquire()  # the folder exists now; before anything in it is touched
     preflight.remove_stale_temp_files(spec)
     log(f"run directory: {spec.run_dir}")  # after the checks: a refusal stays one line
     if saved is not None:
         resume.keep_best_at_new_out(spec, saved)
     # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
     base = os.path.abspath(spec.base_path) if spec.base_path else (saved or {}).get("base")
-    atomic_write(spec.run_dir / "config.json", json.dumps({
-        "command": spec.command, "corpus": location,
-        "corpus_sha256": digest,
-        "out": os.path.abspath(spec.out), "base": base,
-        "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
-        "vocab": list(vocab.symbols), "encoding": vocab.encoding}, indent=1, ensure_ascii=False))
+    record = {"command": spec.command, "corpus": location, "corpus_sha256": digest,
+              "out": os.path.abspath(spec.out), "base": base,
+              "model": model_section(cfg), "train": dataclasses.asdict(tcfg),
+              "vocab": list(vocab.symbols), "encoding": vocab.encoding}
+    paths = "".join(p or "" for p in (location, record["out"], base))
+    # A file name that is not UTF-8 holds lone surrogates (os.fsdecode): JSON escapes them.
+    atomic_write(spec.run_dir / "config.json", json.dumps(
+        record, indent=1, ensure_ascii=_has_surrogates(paths)))
     if params is None:
         params = init(jax.random.key(tcfg.seed), cfg)
     log(f"corpus {corpus.name}: {len(ids):,} symbols, vocabulary {len(vocab)}, splits "

@@ -140,3 +140,13 @@ def test_real_tinyshakespeare_fetched_from_local_url(tmp_path, monkeypatch):
     corpus = load_corpus("tinyshakespeare", data_dir=tmp_path)
     assert len(corpus.raw) == 1_115_394 and len(Vocab.from_text(corpus.text)) == 65
     assert load_corpus("tinyshakespeare", data_dir=tmp_path).raw == corpus.raw  # local copy ok
+
+
+def test_absolute_missing_path_and_link_loop_are_named_once(tmp_path):
+    missing = tmp_path / "gone.txt"
+    with pytest.raises(CorpusError, match=r"not found: '[^']*gone.txt'$"):
+        load_corpus(str(missing), data_dir=tmp_path)
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    with pytest.raises(CorpusError, match="broken symbolic link or a link loop"):
+        load_corpus(str(loop), data_dir=tmp_path)

@@ -1,10 +1,15 @@
 """Refusals before training starts (lstm_fn.preflight): an output folder under a file, a
-read-only output folder, a full disk. Nothing is written and nothing saved is touched."""
+read-only output folder, a full disk, an --out that is not a file; and a disk that fills
+during a run. Nothing saved is touched."""
 import os
 import shutil
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
-from conftest import TINY, assert_refused, invoke, listing
+import pytest
+
+from conftest import TINY, assert_refused, invoke, listing, lstm_fn_command
 
 
 def test_output_folder_under_a_file_is_refused_before_training(corpus, tmp_path):
@@ -46,6 +51,62 @@ def test_full_disk_is_refused_before_training(corpus, tmp_path, monkeypatch):
                         lambda path: shutil._ntuple_diskusage(1 << 30, (1 << 30) - 4096, 4096))
     result = invoke("pretrain", corpus, *TINY, "--steps", "5",
                     "--run-dir", tmp_path / "run", "--out", out)
-    assert_refused(result, "not enough disk space", "0 MiB free", "needs about")
+    assert_refused(result, "not enough disk space", "4 KiB free", "needs about")
     assert out.read_text() == "an earlier model, kept as it is"
     assert listing(tmp_path / "run") == {}  # no config.json, no checkpoint
+
+
+def test_out_must_be_a_regular_file_and_not_a_standard_stream(corpus, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = invoke("pretrain", corpus, *TINY, "--steps", "5", "--run-dir", tmp_path / "run",
+                    "--out", fifo)
+    assert_refused(result, "exists and is not a regular file")
+    assert fifo.is_fifo() and not (tmp_path / "run").exists()
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    with log.open("a") as stdout:  # `lstm-fn ... --out /dev/stdout >> log.txt`
+        child = subprocess.run(lstm_fn_command("pretrain", corpus, *TINY, "--steps", "5",
+                                               "--run-dir", tmp_path / "run", "--out",
+                                               "/dev/stdout"),
+                               stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert child.returncode == 2 and "is this command's standard output" in child.stderr
+    assert log.read_text() == "an earlier line\n"
+
+
+def test_room_on_disk_counts_what_the_run_already_holds(corpus, tmp_path, monkeypatch):
+    """A resume needs room for what it adds, not for the checkpoints it already has."""
+    from lstm_fn import preflight
+
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "1" / "state").write_bytes(b"x" * (8 << 20))
+    spec = SimpleNamespace(out=tmp_path / "m.json", run_dir=tmp_path,
+                           train=SimpleNamespace(keep_checkpoints=3))
+    cfg = SimpleNamespace(num_params=100_000)  # needs ~7.7 MiB: 4 checkpoints, the JSON, 1 MiB
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    preflight.check_output_room(spec, cfg)  # 1 MiB free + 8 MiB held
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(OSError, match="1 MiB free, this run needs about 7 MiB more"):
+        preflight.check_output_room(spec, cfg)
+
+
+def test_a_disk_that_fills_during_the_run_is_named_with_the_way_back(corpus, tmp_path,
+                                                                      monkeypatch):
+    from lstm_fn import checkpoint
+
+    real_save, calls = checkpoint.save, []
+
+    def save(manager, step, state, meta):
+        calls.append(step)
+        if len(calls) > 1:
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing \"opt_state\": "
+                             "No space left on device [os_error_code='28']")
+        real_save(manager, step, state, meta)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    result = invoke("pretrain", corpus, *TINY, "--steps", "4", "--checkpoint-every", "2",
+                    "--eval-every", "10", "--run-dir", tmp_path / "run", "--out",
+                    tmp_path / "m.json")
+    assert_refused(result, "disk full while saving checkpoint 4", "the last complete one: "
+                   "checkpoint 2", "lstm-fn pretrain --resume --run-dir")

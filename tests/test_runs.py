@@ -3,6 +3,8 @@ another --out, for fine-tune without --from), what a resume may not change, and 
 that keep a run directory and the inputs of a run intact."""
 
 import json
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 import lstm_fn
 from conftest import SHORT_TEXT, TINY, assert_refused, invoke, listing
+from lstm_fn.preflight import RunDirLock
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,8 @@ def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, shor
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["out"] == str(tmp_path / "sub" / "elsewhere.json")
     assert recorded["train"]["steps"] == 4  # a later plain --resume keeps what was given
-    assert_refused(invoke("pretrain", short_corpus, "--resume", "--run-dir", "../run",
+    (tmp_path / "other.txt").write_text(SHORT_TEXT.upper(), encoding="utf-8")
+    assert_refused(invoke("pretrain", "../other.txt", "--resume", "--run-dir", "../run",
                           "--steps", "6"), "the run trains on")
 
 
@@ -110,7 +114,8 @@ def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, short_corpus
                           *run), "cosine")
     assert not (tmp_path / "run").exists()
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text("{}")  # as if killed before any progress
+    record = {"corpus": None, "model": {}, "train": {}, "vocab": [], "encoding": "chars"}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))  # killed before progress
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2", *run)
     assert result.exit_code == 0, result.output
 
@@ -203,3 +208,89 @@ def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json")
     assert result.exit_code == 0, result.output
     assert "--freeze head keeps the output weights of the 3 new character(s)" in result.stderr
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("", "Expecting value"), ('{"corpus": "x", "model": {', "Expecting"), ("[1]", ""),
+    ("{}", "no corpus, model, train, vocab, encoding"), (b"\xff\xfe", "utf-8"),
+])
+def test_resume_names_a_config_json_that_is_not_a_run_record(finished_run, short_corpus,
+                                                               tmp_path, content, needle):
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = listing(tmp_path)
+    result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps", "4")
+    assert_refused(result, "config.json", "is not a lstm_fn run record", needle)
+    assert listing(tmp_path) == before
+
+
+def test_a_run_never_overwrites_a_config_json_or_corpus_it_did_not_write(tmp_path, short_corpus):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    config = folder / "config.json"
+    config.write_text('{"model": {"cell": "gru"}, "train": {"steps": 2}}')
+    before = listing(tmp_path)
+    run = ["--run-dir", folder, "--out", tmp_path / "m.json"]
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--config", config, *run),
+                   "is not a lstm_fn run record", "would overwrite it")
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", *run),
+                   "is not a lstm_fn run record", "would overwrite it")
+    assert listing(tmp_path) == before
+    record = {"corpus": None, "model": {}, "train": {}, "vocab": [], "encoding": "bytes"}
+    config.write_text(json.dumps(record))  # a run's own record, of a run killed before progress
+    assert_refused(invoke("pretrain", config, *TINY, "--steps", "2", *run, "--vocab", "bytes"),
+                   "the corpus", "is the run's config.json")
+    assert json.loads(config.read_text()) == record
+
+
+def test_resume_follows_a_moved_corpus_with_the_same_text(tmp_path, short_corpus):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(SHORT_TEXT, encoding="utf-8")
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    assert invoke("pretrain", corpus, *TINY, "--steps", "2", *run,
+                  "--out", tmp_path / "m.json").exit_code == 0
+    moved = corpus.rename(tmp_path / "moved.txt")
+    assert_refused(invoke("pretrain", "--resume", *run, "--steps", "4"),
+                   f"the run's corpus {str(corpus)!r} is gone", "pass its new path as CORPUS")
+    assert_refused(invoke("pretrain", short_corpus.parent / "nope.txt", "--resume", *run),
+                   "not found")
+    result = invoke("pretrain", moved, "--resume", *run, "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["corpus"] == str(moved)
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_and_resumed(tmp_path):
+    corpus = tmp_path / os.fsdecode(b"lat\xe9.txt")
+    corpus.write_text(SHORT_TEXT, encoding="utf-8")
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", *run, "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["corpus"] == str(corpus)
+    result = invoke("pretrain", "--resume", *run, "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path, short_corpus):
+    (tmp_path / "run").mkdir()
+    lock = RunDirLock(tmp_path / "run")
+    lock.acquire()  # as another process would hold it
+    try:
+        result = invoke("pretrain", short_corpus, *TINY, "--steps", "2",
+                        "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+        assert_refused(result, "is in use by another lstm-fn process")
+        assert listing(tmp_path / "run") == {} and not (tmp_path / "m.json").exists()
+    finally:
+        lock.release()
+
+
+def test_a_removed_best_model_is_reported_as_removed(finished_run, tmp_path):
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    record["out"] = str(tmp_path / "m.json")  # the run's model, now removed
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps", "2")
+    # no step left, so no evaluation either
+    assert result.exit_code == 0, result.output
+    assert "no model at" in result.stderr and "removed after the run's best evaluation" in \
+        result.stderr, result.output
