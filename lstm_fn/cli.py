@@ -273,42 +273,14 @@ def plot(run_dir):
 
 
 def main():
+    from lstm_fn.cli_setup import prepare_process
+
     try:
-        _main()
+        prepare_process()
+        cli(prog_name="lstm-fn")
     except KeyboardInterrupt:  # Ctrl-C while starting up, before the commands run
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def _main():
-    import os
-
-    from lstm_fn.host import reuse_freed_memory
-    from lstm_fn.parallel import use_cpu_cores
-
-    reuse_freed_memory()  # before JAX's first computation starts its threads
-    devices = os.environ.get("LSTM_FN_CPU_DEVICES")
-    if devices:  # and before it fixes its devices
-        if not devices.isdigit() or int(devices) < 1:
-            print(f"Error: LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}",
-                  file=sys.stderr)
-            sys.exit(BadInput.exit_code)
-        use_cpu_cores(int(devices))
-    _enable_compilation_cache()
-    cli(prog_name="lstm-fn")
-
-
-def _enable_compilation_cache():
-    """Keep compiled programs on disk so a second run with the same shapes starts at once."""
-    import os
-
-    import jax
-
-    cache = os.environ.get("LSTM_FN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lstm_fn", "jax")
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""What the command line sets up before a command runs: the standard streams, JAX's devices
+and the persistent compilation cache.
+
+A setting that cannot be used is one line on stderr and exit code 2, as bad input to a
+command is.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+
+
+def prepare_process() -> None:
+    """Everything before the first JAX computation, in the order JAX needs it."""
+    from lstm_fn.host import reuse_freed_memory
+
+    standard_streams()
+    reuse_freed_memory()  # before JAX's first computation starts its threads
+    use_cpu_devices()  # and before it fixes its devices
+    enable_compilation_cache()
+
+
+def refuse(message: str) -> None:
+    """End the process as a refused command does: ``Error: message`` on stderr, exit 2."""
+    print(f"Error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class ClosedStdout(io.TextIOBase):
+    """Stands in for a closed stdout (``lstm-fn eval ... >&-``): writing a result ends the
+    command as a closed pipe does, instead of losing it silently."""
+
+    encoding = "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "stdout is closed")
+
+
+def standard_streams() -> None:
+    """Give closed standard streams something to stand for.
+
+    A closed descriptor 0, 1 or 2 gets /dev/null, so that no file opened later receives it
+    (and with it whatever a library writes to stdout or stderr). A closed stderr takes the
+    logs to /dev/null (training runs on, unlogged); a closed stdout is :class:`ClosedStdout`.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed; with the lower ones open, the lowest free descriptor is fd
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()
+
+
+def use_cpu_devices() -> None:
+    """``LSTM_FN_CPU_DEVICES=N``: present N CPU cores to JAX as devices."""
+    from lstm_fn.parallel import use_cpu_cores
+
+    devices = os.environ.get("LSTM_FN_CPU_DEVICES")
+    if not devices:
+        return
+    if not devices.isdigit() or int(devices) < 1:
+        refuse(f"LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}")
+    use_cpu_cores(int(devices))
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled programs on disk so a second run with the same shapes starts at once."""
+    import jax
+
+    cache = os.environ.get("LSTM_FN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lstm_fn", "jax")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

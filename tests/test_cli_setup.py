@@ -1,0 +1,41 @@
+"""The process around a command: closed standard streams (the shell's ``>&-``), the
+environment variables the CLI reads, an unwritable compilation cache."""
+
+import shlex
+import subprocess
+import sys
+
+from reference_numpy.weights import read_weights
+from conftest import TINY, lstm_fn_command
+
+
+def shell(*args, redirect: str, **kwargs):
+    """The real console command run by the shell with ``redirect`` (``>&-``: stdout closed,
+    not /dev/null); output captured where it is not redirected."""
+    return subprocess.run(shlex.join(lstm_fn_command(*args)) + " " + redirect, shell=True,
+                          text=True, capture_output=True, timeout=300, **kwargs)
+
+
+def test_a_result_for_a_closed_stdout_ends_as_a_closed_pipe(model_file, short_corpus):
+    for args in (["eval", short_corpus, "--from", model_file],
+                 ["sample", "--from", model_file, "--length", "5"]):
+        result = shell(*args, redirect=">&-")
+        assert result.returncode == 141 and result.stderr == "", (args, result.stderr)
+
+
+def test_training_with_a_closed_stderr_runs_on_unlogged(short_corpus, tmp_path):
+    result = shell("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
+                   "--run-dir", tmp_path / "run", "--out", tmp_path / "model.json",
+                   redirect="2>&-")
+    assert result.returncode == 0 and "best model:" in result.stdout, result.stdout
+    read_weights(tmp_path / "model.json")
+
+
+def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path):
+    opened = subprocess.run(
+        f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli_setup import "
+        f"standard_streams; standard_streams(); print(open(sys.argv[1], \"w\").fileno(), "
+        f"file=open(sys.argv[2], \"w\"))' {tmp_path / 'a'} {tmp_path / 'fd'} <&- >&- 2>&-",
+        shell=True, timeout=60)
+    assert opened.returncode == 0
+    assert int((tmp_path / "fd").read_text()) > 2
