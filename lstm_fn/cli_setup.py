@@ -1,5 +1,5 @@
 """What the command line sets up before a command runs: the standard streams, JAX's devices
-and the persistent compilation cache.
+and backend, and the persistent compilation cache.
 
 A setting that cannot be used is one line on stderr and exit code 2, as bad input to a
 command is.
@@ -12,6 +12,9 @@ import io
 import os
 import sys
 
+# More CPU devices than this only cost start-up time and memory (each has its own buffers).
+MAX_CPU_DEVICES = 256
+
 
 def prepare_process() -> None:
     """Everything before the first JAX computation, in the order JAX needs it."""
@@ -21,6 +24,7 @@ def prepare_process() -> None:
     reuse_freed_memory()  # before JAX's first computation starts its threads
     use_cpu_devices()  # and before it fixes its devices
     enable_compilation_cache()
+    check_backend()
 
 
 def refuse(message: str) -> None:
@@ -64,14 +68,15 @@ def standard_streams() -> None:
 
 
 def use_cpu_devices() -> None:
-    """``LSTM_FN_CPU_DEVICES=N``: present N CPU cores to JAX as devices."""
+    """``LSTM_FN_CPU_DEVICES=N``: present N CPU cores to JAX as devices (1 to 256)."""
     from lstm_fn.parallel import use_cpu_cores
 
     devices = os.environ.get("LSTM_FN_CPU_DEVICES")
     if not devices:
         return
-    if not devices.isdigit() or int(devices) < 1:
-        refuse(f"LSTM_FN_CPU_DEVICES must be a whole number >= 1, got {devices!r}")
+    if not devices.isdigit() or not 1 <= int(devices) <= MAX_CPU_DEVICES:
+        refuse(f"LSTM_FN_CPU_DEVICES must be a whole number from 1 to {MAX_CPU_DEVICES}, "
+               f"got {devices!r}")
     use_cpu_cores(int(devices))
 
 
@@ -84,3 +89,19 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def check_backend() -> None:
+    """Refuse a ``JAX_PLATFORMS`` that names no platform JAX can start here (JAX's own error
+    is a long traceback at the first computation; without the variable it falls back to the
+    CPU)."""
+    import jax
+
+    platforms = os.environ.get("JAX_PLATFORMS")
+    if not platforms:
+        return
+    try:
+        jax.devices()
+    except Exception as error:  # RuntimeError, or a bare AssertionError when none is found
+        reason = str(error).splitlines()[0] if str(error) else "no such platform here"
+        refuse(f"JAX_PLATFORMS={platforms!r}: JAX cannot start a backend ({reason})")

@@ -1,12 +1,13 @@
 """The process around a command: closed standard streams (the shell's ``>&-``), the
 environment variables the CLI reads, an unwritable compilation cache."""
 
+import os
 import shlex
 import subprocess
 import sys
 
 from reference_numpy.weights import read_weights
-from conftest import TINY, lstm_fn_command
+from conftest import TINY, lstm_fn, lstm_fn_command
 
 
 def shell(*args, redirect: str, **kwargs):
@@ -39,3 +40,10 @@ def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path
         shell=True, timeout=60)
     assert opened.returncode == 0
     assert int((tmp_path / "fd").read_text()) > 2
+
+
+def test_a_jax_platform_that_cannot_start_is_one_line(model_file):
+    result = lstm_fn("info", model_file, env={**os.environ, "JAX_PLATFORMS": "nosuchplatform"})
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("Error: JAX_PLATFORMS='nosuchplatform': JAX cannot start")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
