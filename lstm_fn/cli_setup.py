@@ -81,11 +81,24 @@ def use_cpu_devices() -> None:
 
 
 def enable_compilation_cache() -> None:
-    """Keep compiled programs on disk so a second run with the same shapes starts at once."""
+    """Keep compiled programs on disk so a second run with the same shapes starts at once.
+
+    The folder is ``$LSTM_FN_CACHE`` or ``~/.cache/lstm_fn/jax``; one that cannot be
+    written leaves the cache off, with a one-line warning (JAX's own are many lines each)."""
+    import tempfile
+
     import jax
 
-    cache = os.environ.get("LSTM_FN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lstm_fn", "jax")
+    cache = os.path.expanduser(os.environ.get("LSTM_FN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "lstm_fn", "jax"))
+    try:
+        os.makedirs(cache, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache):  # a real file: permission bits can mislead
+            pass
+    except OSError as error:
+        print(f"warning: compilation cache {cache!r} is not writable "
+              f"({error.strerror or error}); compiling without it", file=sys.stderr)
+        return
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)

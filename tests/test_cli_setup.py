@@ -47,3 +47,20 @@ def test_a_jax_platform_that_cannot_start_is_one_line(model_file):
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert result.stderr.startswith("Error: JAX_PLATFORMS='nosuchplatform': JAX cannot start")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_an_unwritable_compilation_cache_is_one_warning(model_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = lstm_fn("sample", "--from", model_file, "--length", "3",
+                     env={**os.environ, "LSTM_FN_CACHE": str(blocker / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"warning: compilation cache '{blocker / 'cache'}' is not writable "
+                             "(Not a directory); compiling without it\n")
+
+
+def test_the_compilation_cache_folder_may_start_with_a_tilde(model_file, tmp_path):
+    result = lstm_fn("sample", "--from", model_file, "--length", "3", cwd=tmp_path,
+                     env={**os.environ, "HOME": str(tmp_path / "home"), "LSTM_FN_CACHE": "~/c"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert any((tmp_path / "home" / "c").iterdir()) and not (tmp_path / "~").exists()
