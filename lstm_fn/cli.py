@@ -8,7 +8,7 @@ import click
 
 from lstm_fn.checkpoint import CheckpointError
 from lstm_fn.cli_study import gradcheck, gradnorms
-from lstm_fn.cli_options import run_command, run_options
+from lstm_fn.cli_options import UserPath, run_command, run_options
 from lstm_fn.vocab import CorpusError
 from reference_numpy.weights import WeightsError
 
@@ -71,7 +71,7 @@ cli.add_command(gradnorms)
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False),
+@click.option("--out", type=UserPath(dir_okay=False),
               help="Where the best model is written as JSON weights [default: model.json; "
                    "on --resume, the run's own].")
 @run_options(PRETRAIN_DEFAULTS)
@@ -86,9 +86,9 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
 
 
 @cli.command("fine-tune")
-@click.option("--from", "base_path", type=click.Path(dir_okay=False),
+@click.option("--from", "base_path", type=UserPath(dir_okay=False),
               help="The JSON weights to start from (required; on --resume, the run's own).")
-@click.option("--out", type=click.Path(dir_okay=False),
+@click.option("--out", type=UserPath(dir_okay=False),
               help="Where the best fine-tuned model is written [default: tuned.json; on "
                    "--resume, the run's own].")
 @run_options(FINE_TUNE_DEFAULTS, {"vocab": "the base model's"})
@@ -107,9 +107,9 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **
 def _read_prime(prime: str | None, vocab) -> str | bytes:
     """The prime as text, or as bytes for a bytes model (any byte the shell passes).
 
-    ``@FILE`` reads a file, as a corpus is read: a UTF-8 BOM dropped and Windows newlines
-    made "\\n" (unless the model has "\\r" as a symbol). The default is a newline (or the
-    first symbol)."""
+    ``@FILE`` (``@~/FILE`` too) reads a file, as a corpus is read: a UTF-8 BOM dropped and
+    Windows newlines made "\\n" (unless the model has "\\r" as a symbol). The default is a
+    newline (or the first symbol)."""
     import os
     from pathlib import Path
 
@@ -126,7 +126,7 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
             return os.fsencode(prime).decode("utf-8")
         except UnicodeError:  # not UTF-8: the surrogates are named as unknown characters
             return prime
-    path = Path(prime[1:])
+    path = Path(prime[1:]).expanduser()
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -147,7 +147,7 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
 
 
 @cli.command()
-@click.option("--from", "model_path", type=click.Path(dir_okay=False), required=True,
+@click.option("--from", "model_path", type=UserPath(dir_okay=False), required=True,
               help="JSON weights of the model.")
 @click.option("--prime", help="Text to start from, or @FILE [default: a newline].")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to generate.")
@@ -198,9 +198,9 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
 
 @cli.command("eval")
 @click.argument("corpus", required=False)
-@click.option("--from", "model_path", type=click.Path(dir_okay=False), required=True,
+@click.option("--from", "model_path", type=UserPath(dir_okay=False), required=True,
               help="JSON weights of the model.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default="data")
+@click.option("--data-dir", type=UserPath(file_okay=False), default="data")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Parallel streams.")
 @click.option("--seq-len", type=click.IntRange(1), default=256, help="Window length.")
 def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
@@ -249,7 +249,7 @@ def _eval_progress(total: int):
 
 
 @cli.command()
-@click.argument("model_path", type=click.Path(dir_okay=False))
+@click.argument("model_path", type=UserPath(dir_okay=False))
 def info(model_path):
     """Architecture, parameter count and vocabulary of a weights file."""
     from lstm_fn.weights import load_weights
@@ -264,7 +264,7 @@ def info(model_path):
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=UserPath(file_okay=False))
 def plot(run_dir):
     """Write RUN_DIR/loss.png: training and validation loss against step."""
     from lstm_fn.plot import plot_run

@@ -10,6 +10,16 @@ import sys
 
 import click
 
+
+class UserPath(click.Path):
+    """A path option or argument with a leading ``~`` expanded, as the shell does for a
+    separate word but not in ``--out=~/x`` (which would make a folder named ``~``)."""
+
+    def convert(self, value, param, ctx):
+        import os
+
+        return super().convert(os.path.expanduser(value), param, ctx)
+
 # Command-line spelling and help of TrainConfig fields; every field is an option.
 TRAIN_HELP = {
     "batch_size": ("--batch-size", "Parallel streams per step (B)."),
@@ -88,12 +98,12 @@ def run_options(defaults: dict, shown: dict | None = None):
     def decorate(command):
         for option in reversed([
             click.argument("corpus", required=False),
-            click.option("--config", "config_path", type=click.Path(dir_okay=False),
+            click.option("--config", "config_path", type=UserPath(dir_okay=False),
                          help="JSON config with 'model' and 'train' sections; options override it."),
-            click.option("--run-dir", type=click.Path(file_okay=False),
+            click.option("--run-dir", type=UserPath(file_okay=False),
                          help="Run directory [default: runs/<corpus>-<time>]."),
             click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
-            click.option("--data-dir", type=click.Path(file_okay=False), default="data",
+            click.option("--data-dir", type=UserPath(file_okay=False), default="data",
                          help="Where corpus names are looked up and fetched to."),
             *MODEL_OPTIONS,
         ]):

@@ -1,13 +1,15 @@
 """The process around a command: closed standard streams (the shell's ``>&-``), the
-environment variables the CLI reads, an unwritable compilation cache."""
+environment variables the CLI reads, an unwritable compilation cache, paths given as ``~/x``."""
 
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
 from reference_numpy.weights import read_weights
-from conftest import TINY, lstm_fn, lstm_fn_command
+from conftest import TINY, invoke, lstm_fn, lstm_fn_command
 
 
 def shell(*args, redirect: str, **kwargs):
@@ -64,3 +66,28 @@ def test_the_compilation_cache_folder_may_start_with_a_tilde(model_file, tmp_pat
                      env={**os.environ, "HOME": str(tmp_path / "home"), "LSTM_FN_CACHE": "~/c"})
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert any((tmp_path / "home" / "c").iterdir()) and not (tmp_path / "~").exists()
+
+
+def test_every_path_may_start_with_a_tilde(short_corpus, tmp_path, monkeypatch):
+    """``--out=~/x`` reaches the program unexpanded (the shell expands only a separate ~)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (home / "c.json").write_text(json.dumps({"train": {"steps": 2, "eval_every": 2}}))
+    (home / "p.txt").write_text("the ")
+    shutil.copy(short_corpus, home / "text.txt")
+    trained = invoke("pretrain", "~/text.txt", *TINY, "--config=~/c.json", "--run-dir=~/run",
+                     "--out=~/m.json")
+    assert trained.exit_code == 0, trained.output
+    tuned = invoke("fine-tune", "~/text.txt", *TINY[8:], "--steps", "1", "--from=~/m.json",
+                   "--run-dir=~/tune", "--out=~/t.json", "--data-dir=~/data")
+    assert tuned.exit_code == 0, tuned.output
+    for args in (["sample", "--from=~/t.json", "--prime=@~/p.txt", "--length", "2"],
+                 ["eval", "text.txt", "--from=~/m.json", "--data-dir=~"],
+                 ["info", "~/m.json"], ["plot", "~/run"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert {"m.json", "t.json", "run", "tune"} <= {p.name for p in home.iterdir()}
+    assert not any(work.iterdir())
