@@ -269,7 +269,10 @@ def plot(run_dir):
     """Write RUN_DIR/loss.png: training and validation loss against step."""
     from lstm_fn.plot import plot_run
 
-    click.echo(plot_run(run_dir))
+    try:
+        click.echo(plot_run(run_dir))
+    except ImportError as error:  # no matplotlib: one line, as training reports it
+        raise click.ClickException(f"loss plot not written: {error}") from None
 
 
 def main():

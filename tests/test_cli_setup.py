@@ -1,5 +1,6 @@
 """The process around a command: closed standard streams (the shell's ``>&-``), the
-environment variables the CLI reads, an unwritable compilation cache, paths given as ``~/x``."""
+environment variables the CLI reads, an unwritable compilation cache, a missing matplotlib,
+paths given as ``~/x``."""
 
 import json
 import os
@@ -91,3 +92,11 @@ def test_every_path_may_start_with_a_tilde(short_corpus, tmp_path, monkeypatch):
         assert result.exit_code == 0, (args, result.output)
     assert {"m.json", "t.json", "run", "tune"} <= {p.name for p in home.iterdir()}
     assert not any(work.iterdir())
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a failed import leaves
+    result = invoke("plot", tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith("Error: loss plot not written: ")
+    assert "matplotlib" in result.stderr and len(result.stderr.splitlines()) == 1
