@@ -91,7 +91,10 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
 @click.option("--out", type=UserPath(dir_okay=False),
               help="Where the best fine-tuned model is written [default: tuned.json; on "
                    "--resume, the run's own].")
-@run_options(FINE_TUNE_DEFAULTS, {"vocab": "the base model's"})
+@run_options(FINE_TUNE_DEFAULTS, {"vocab": "the base model's", "cell": "the base model's",
+                                   "embed_size": "the base model's",
+                                   "hidden_size": "the base model's",
+                                   "num_layers": "the base model's"})
 def fine_tune(corpus, base_path, config_path, run_dir, out, resume, data_dir, **options):
     """Continue training the model in --from on CORPUS.
 
@@ -159,7 +162,11 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
               help="Random seed [default: a fresh one each run].")
 def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_samples, seed):
-    """Generate text from a model, streamed to stdout as it is produced."""
+    """Generate text from a model.
+
+    One sample is streamed to stdout as it is produced; with --num-samples above 1, the
+    samples are printed when all of them are done.
+    """
     import secrets
 
     import jax
@@ -200,11 +207,16 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
 @click.argument("corpus", required=False)
 @click.option("--from", "model_path", type=UserPath(dir_okay=False), required=True,
               help="JSON weights of the model.")
-@click.option("--data-dir", type=UserPath(file_okay=False), default="data")
+@click.option("--data-dir", type=UserPath(file_okay=False), default="data",
+              help="Where corpus names are looked up and fetched to.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, help="Parallel streams.")
 @click.option("--seq-len", type=click.IntRange(1), default=256, help="Window length.")
 def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
-    """Loss, bits per character and perplexity of a model on all of CORPUS."""
+    """Loss, bits per character and perplexity of a model on all of CORPUS.
+
+    CORPUS is read as pretrain reads it: a text file, a file name under --data-dir,
+    'tinyshakespeare', or nothing for the built-in corpus (Python's own documentation text).
+    """
     from lstm_fn import data
     from lstm_fn.train import evaluate
     from lstm_fn.weights import load_weights
