@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -24,6 +25,12 @@ def test_every_command_answers_help(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_python_dash_m_runs_the_command_line(model_file):
+    result = subprocess.run([sys.executable, "-m", "lstm_fn", "info", model_file], text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0 and "cell: lstm" in result.stdout, result.stderr
 
 
 def test_help_states_every_default():
