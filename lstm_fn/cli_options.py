@@ -10,6 +10,16 @@ import sys
 
 import click
 
+
+class UserPath(click.Path):
+    """A path option or argument with a leading ``~`` expanded, as the shell does for a
+    separate word but not in ``--out=~/x`` (which would make a folder named ``~``)."""
+
+    def convert(self, value, param, ctx):
+        import os
+
+        return super().convert(os.path.expanduser(value), param, ctx)
+
 # Command-line spelling and help of TrainConfig fields; every field is an option.
 TRAIN_HELP = {
     "batch_size": ("--batch-size", "Parallel streams per step (B)."),
@@ -48,13 +58,30 @@ TRAIN_HELP = {
     "freeze": ("--freeze", "Keep a part fixed: embed, head or a layer number (repeatable)."),
     "seed": ("--seed", "Random seed (init, dropout, samples)."),
 }
-MODEL_OPTIONS = [
-    click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Cell type."),
-    click.option("--embed-size", type=int, help="Embedding size E."),
-    click.option("--hidden-size", type=int, help="Hidden size H."),
-    click.option("--layers", "num_layers", type=int, help="Number of stacked layers."),
-    click.option("--dropout", type=float, help="Dropout on each layer's output while training."),
-]
+# Command-line spelling and help of the model fields a config may set.
+MODEL_HELP = {
+    "cell": ("--cell", "Cell type."),
+    "embed_size": ("--embed-size", "Embedding size E."),
+    "hidden_size": ("--hidden-size", "Hidden size H."),
+    "num_layers": ("--layers", "Number of stacked layers."),
+    "dropout": ("--dropout", "Dropout on each layer's output while training."),
+}
+
+
+def _model_options(command, shown: dict):
+    """Add one option per model field, default None (= keep the config file's value); the
+    help shows ``shown`` where given, else ModelConfig's own default."""
+    import dataclasses
+
+    from lstm_fn.config import MODEL_FIELDS
+    from lstm_fn.model import ModelConfig
+
+    builtin = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+    for name, (flag, text) in reversed(MODEL_HELP.items()):
+        kind = click.Choice(["rnn", "lstm", "gru"]) if name == "cell" else MODEL_FIELDS[name]
+        command = click.option(flag, name, type=kind, show_default=False,
+                               help=f"{text} [default: {shown.get(name, builtin[name])}]")(command)
+    return command
 
 
 def _train_options(command, defaults: dict):
@@ -84,18 +111,18 @@ def _train_options(command, defaults: dict):
 
 def run_options(defaults: dict, shown: dict | None = None):
     """The options of a training command whose own train defaults are ``defaults``
-    (``shown``: help-only defaults, e.g. fine-tune's vocabulary)."""
+    (``shown``: help-only defaults, e.g. fine-tune's vocabulary and architecture)."""
     def decorate(command):
+        command = _model_options(command, shown or {})
         for option in reversed([
             click.argument("corpus", required=False),
-            click.option("--config", "config_path", type=click.Path(dir_okay=False),
+            click.option("--config", "config_path", type=UserPath(dir_okay=False),
                          help="JSON config with 'model' and 'train' sections; options override it."),
-            click.option("--run-dir", type=click.Path(file_okay=False),
+            click.option("--run-dir", type=UserPath(file_okay=False),
                          help="Run directory [default: runs/<corpus>-<time>]."),
             click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
-            click.option("--data-dir", type=click.Path(file_okay=False), default="data",
+            click.option("--data-dir", type=UserPath(file_okay=False), default="data",
                          help="Where corpus names are looked up and fetched to."),
-            *MODEL_OPTIONS,
         ]):
             command = option(command)
         return _train_options(command, {**defaults, **(shown or {})})

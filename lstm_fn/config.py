@@ -7,6 +7,7 @@ types and out-of-range values raise :class:`ConfigError` naming the key and what
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import math
@@ -168,10 +169,12 @@ def read_config_file(path: str | Path | None) -> dict:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    body = raw.removeprefix(codecs.BOM_UTF8)  # as corpora and weights files: a BOM is dropped
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start})") from None
+        raise ConfigError(f"config {path} is not UTF-8 text "
+                          f"(byte {len(raw) - len(body) + e.start})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits

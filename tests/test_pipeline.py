@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 import reference_numpy as ref
 from lstm_fn.cli import cli
+from lstm_fn.model import ModelConfig
 from conftest import TINY, corpus_text, lstm_fn, lstm_fn_command
 from reference_numpy.weights import read_weights
 
@@ -23,6 +25,32 @@ def test_every_command_answers_help(command):
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_python_dash_m_runs_the_command_line(model_file):
+    result = subprocess.run([sys.executable, "-m", "lstm_fn", "info", model_file], text=True,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0 and "cell: lstm" in result.stdout, result.stderr
+
+
+def test_help_states_every_default():
+    """Options whose value may come from --config show the built-in default in words."""
+    def help_of(command):
+        output = CliRunner().invoke(cli, [command, "--help"], terminal_width=400).output
+        return " ".join(output.split())
+
+    built_in = ModelConfig()
+    pretrain, fine_tune = help_of("pretrain"), help_of("fine-tune")
+    for flag, value in [("--cell", built_in.cell), ("--embed-size", built_in.embed_size),
+                        ("--hidden-size", built_in.hidden_size),
+                        ("--layers", built_in.num_layers), ("--dropout", built_in.dropout)]:
+        assert f"[default: {value}]" in pretrain.split(flag + " ")[1].split(" --")[0], flag
+        base = "0.0" if flag == "--dropout" else "the base model's"
+        assert f"[default: {base}]" in fine_tune.split(flag + " ")[1].split(" --")[0], flag
+    evaluate = help_of("eval")
+    assert "nothing for the built-in corpus" in evaluate
+    assert "--data-dir DIRECTORY Where corpus names are looked up" in evaluate
+    assert "with --num-samples above 1, the samples are printed when" in help_of("sample")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """`lstm-fn sample` at the edges of its input: primes outside the vocabulary, from files with
 a BOM or Windows newlines, any bytes for a bytes model, length 0, and a length too large to
-produce before printing (the output streams). Refusals are one line, exit code 2."""
+produce before printing (the output streams); an ASCII stdout and locale. Refusals are one
+line, exit code 2."""
 
 import os
 import select
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import jax
+from click.testing import CliRunner
 
 import lstm_fn
+from lstm_fn.cli import cli
 from conftest import SHORT_TEXT, assert_refused, invoke, lstm_fn_command
 
 
@@ -115,3 +118,29 @@ def test_a_character_split_between_prime_and_sample_comes_out_whole(tmp_path):
     result = invoke("sample", "--from", model, "--prime", f"@{prime}", "--length", "1", "--greedy",
                     "--num-samples", "2")
     assert result.stdout == "--- sample 1 ---\ncaf\u00e9\n--- sample 2 ---\ncaf\u00e9\n", result.output
+
+
+def test_an_ascii_stdout_and_an_ascii_locale_s_argv_still_give_utf8(tmp_path):
+    """Under LC_ALL=C stdout claims ASCII (the text goes out as UTF-8, as click.echo writes
+    it) and the prime 'café' arrives as 'caf' and two surrogate-escaped bytes."""
+    vocab = lstm_fn.Vocab.from_text("the café\n")
+    cfg = lstm_fn.ModelConfig("gru", len(vocab), embed_size=4, hidden_size=8, num_layers=1)
+    model = tmp_path / "cafe.json"
+    lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    args = ["sample", "--from", str(model), "--prime", "caf\udcc3\udca9", "--length", "5"]
+    for count in ("1", "2"):
+        result = CliRunner(charset="ascii").invoke(cli, [*args, "--num-samples", count])
+        assert result.exit_code == 0, result.output
+        assert "café" in result.stdout_bytes.decode("utf-8")
+    # bytes that are not UTF-8 stay unknown characters, named as such
+    assert_refused(invoke("sample", "--from", model, "--prime", "caf\udce9"), "'\\udce9'")
+
+
+def test_escape_sequences_in_the_text_are_kept(tmp_path):
+    vocab = lstm_fn.Vocab.bytes()
+    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+    model = tmp_path / "bytes.json"
+    lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    args = ["sample", "--from", model, "--prime", "\x1b[1mbold", "--length", "0"]
+    assert invoke(*args).stdout == "\x1b[1mbold\n"
+    assert invoke(*args, "--num-samples", "2").stdout.count("\x1b[1mbold\n") == 2

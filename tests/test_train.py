@@ -190,6 +190,16 @@ def test_clipping_bounds_the_first_update():
     assert float(metrics["grad_norm"]) > 1e-3 and float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_a_config_file_may_start_with_a_utf8_bom(tmp_path):
+    """Windows editors write one; corpora, primes and weights files already accept it."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf{"train": {"steps": 7}}')
+    assert read_config_file(path)["train"] == {"steps": 7}
+    path.write_bytes(b'\xef\xbb\xbf{"train": "\xff"}')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 14\)"):
+        read_config_file(path)
+
+
 def test_config_precedence_and_refusals(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"model": {"hidden_size": 32}, "train": {"steps": 7, "learning_rate": 0.1}}')

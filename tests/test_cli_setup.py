@@ -1,0 +1,102 @@
+"""The process around a command: closed standard streams (the shell's ``>&-``), the
+environment variables the CLI reads, an unwritable compilation cache, a missing matplotlib,
+paths given as ``~/x``."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+from reference_numpy.weights import read_weights
+from conftest import TINY, invoke, lstm_fn, lstm_fn_command
+
+
+def shell(*args, redirect: str, **kwargs):
+    """The real console command run by the shell with ``redirect`` (``>&-``: stdout closed,
+    not /dev/null); output captured where it is not redirected."""
+    return subprocess.run(shlex.join(lstm_fn_command(*args)) + " " + redirect, shell=True,
+                          text=True, capture_output=True, timeout=300, **kwargs)
+
+
+def test_a_result_for_a_closed_stdout_ends_as_a_closed_pipe(model_file, short_corpus):
+    for args in (["eval", short_corpus, "--from", model_file],
+                 ["sample", "--from", model_file, "--length", "5"]):
+        result = shell(*args, redirect=">&-")
+        assert result.returncode == 141 and result.stderr == "", (args, result.stderr)
+
+
+def test_training_with_a_closed_stderr_runs_on_unlogged(short_corpus, tmp_path):
+    result = shell("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
+                   "--run-dir", tmp_path / "run", "--out", tmp_path / "model.json",
+                   redirect="2>&-")
+    assert result.returncode == 0 and "best model:" in result.stdout, result.stdout
+    read_weights(tmp_path / "model.json")
+
+
+def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path):
+    opened = subprocess.run(
+        f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli_setup import "
+        f"standard_streams; standard_streams(); print(open(sys.argv[1], \"w\").fileno(), "
+        f"file=open(sys.argv[2], \"w\"))' {tmp_path / 'a'} {tmp_path / 'fd'} <&- >&- 2>&-",
+        shell=True, timeout=60)
+    assert opened.returncode == 0
+    assert int((tmp_path / "fd").read_text()) > 2
+
+
+def test_a_jax_platform_that_cannot_start_is_one_line(model_file):
+    result = lstm_fn("info", model_file, env={**os.environ, "JAX_PLATFORMS": "nosuchplatform"})
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("Error: JAX_PLATFORMS='nosuchplatform': JAX cannot start")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_an_unwritable_compilation_cache_is_one_warning(model_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = lstm_fn("sample", "--from", model_file, "--length", "3",
+                     env={**os.environ, "LSTM_FN_CACHE": str(blocker / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"warning: compilation cache '{blocker / 'cache'}' is not writable "
+                             "(Not a directory); compiling without it\n")
+
+
+def test_the_compilation_cache_folder_may_start_with_a_tilde(model_file, tmp_path):
+    result = lstm_fn("sample", "--from", model_file, "--length", "3", cwd=tmp_path,
+                     env={**os.environ, "HOME": str(tmp_path / "home"), "LSTM_FN_CACHE": "~/c"})
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert any((tmp_path / "home" / "c").iterdir()) and not (tmp_path / "~").exists()
+
+
+def test_every_path_may_start_with_a_tilde(short_corpus, tmp_path, monkeypatch):
+    """``--out=~/x`` reaches the program unexpanded (the shell expands only a separate ~)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    (home / "c.json").write_text(json.dumps({"train": {"steps": 2, "eval_every": 2}}))
+    (home / "p.txt").write_text("the ")
+    shutil.copy(short_corpus, home / "text.txt")
+    trained = invoke("pretrain", "~/text.txt", *TINY, "--config=~/c.json", "--run-dir=~/run",
+                     "--out=~/m.json")
+    assert trained.exit_code == 0, trained.output
+    tuned = invoke("fine-tune", "~/text.txt", *TINY[8:], "--steps", "1", "--from=~/m.json",
+                   "--run-dir=~/tune", "--out=~/t.json", "--data-dir=~/data")
+    assert tuned.exit_code == 0, tuned.output
+    for args in (["sample", "--from=~/t.json", "--prime=@~/p.txt", "--length", "2"],
+                 ["eval", "text.txt", "--from=~/m.json", "--data-dir=~"],
+                 ["info", "~/m.json"], ["plot", "~/run"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert {"m.json", "t.json", "run", "tune"} <= {p.name for p in home.iterdir()}
+    assert not any(work.iterdir())
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a failed import leaves
+    result = invoke("plot", tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith("Error: loss plot not written: ")
+    assert "matplotlib" in result.stderr and len(result.stderr.splitlines()) == 1
