@@ -20,6 +20,7 @@ class UserPath(click.Path):
 
         return super().convert(os.path.expanduser(value), param, ctx)
 
+
 # Command-line spelling and help of TrainConfig fields; every field is an option.
 TRAIN_HELP = {
     "batch_size": ("--batch-size", "Parallel streams per step (B)."),
@@ -119,7 +120,7 @@ def run_options(defaults: dict, shown: dict | None = None):
             click.option("--config", "config_path", type=UserPath(dir_okay=False),
                          help="JSON config with 'model' and 'train' sections; options override it."),
             click.option("--run-dir", type=UserPath(file_okay=False),
-                         help="Run directory [default: runs/<corpus>-<time>]."),
+                         help="Run directory [default: runs/<corpus>-<time>-<process id>]."),
             click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
             click.option("--data-dir", type=UserPath(file_okay=False), default="data",
                          help="Where corpus names are looked up and fetched to."),
