@@ -129,6 +129,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
                             jax.eval_shape(lambda: state))
     tracker, seconds_before, losses = ValTracker(tcfg), 0.0, []
+    saved_best = None  # validation loss of the model at --out (any evaluation, see run_eval)
+    evaluated_at = None  # the step of the last evaluation
     with checkpoint.open_manager(ckpt_dir, keep=tcfg.keep_checkpoints) as manager:
         restored = checkpoint.restore(manager, abstract) if spec.resume else None
         if spec.resume and restored is None:
@@ -138,8 +140,11 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 log(f"checkpoint {step} is damaged ({reason}); using an older one")
             state = restored.state
             tracker = ValTracker(tcfg, **restored.meta["tracker"])
+            saved_best = restored.meta.get("saved_best", tracker.best)
             seconds_before = restored.meta["seconds"]
             losses = restored.meta.get("losses", [])  # since the last evaluation
+            evaluated_at = restored.meta.get("evaluated_at",
+                                             None if losses else restored.step)
             log(f"resumed from checkpoint {restored.step}")
         step = int(state["step"])
         last_ckpt = restored.step if restored is not None else None
@@ -152,14 +157,16 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         metrics_file = _metrics_log(spec.run_dir / "metrics.jsonl", step)
         progress = Progress(total_steps, tcfg.minutes)
         chars_per_step = tcfg.batch_size * tcfg.seq_len
-        started, timed_from, timed_steps = time.monotonic(), None, 0
+        started, compiled = time.monotonic(), False
+        timed = [0, 0.0]  # update steps and their seconds since the last evaluation
         status, message, received = "done", "", None
 
         def save_checkpoint():
             nonlocal last_ckpt
             if last_ckpt == step:
                 return
-            meta = {"tracker": tracker.as_dict(), "position": step, "losses": losses,
+            meta = {"tracker": tracker.as_dict(), "saved_best": saved_best,
+                    "evaluated_at": evaluated_at, "position": step, "losses": losses,
                     "seconds": seconds_before + time.monotonic() - started}
             try:
                 checkpoint.save(manager, step, state, meta)
@@ -183,37 +190,50 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                        f"{best}. A resume would repeat the same steps: start a new run "
                        "with a lower --lr or --grad-clip")
 
-        def run_eval():
-            """Evaluate, log and export a new best; False (nothing saved) on a non-finite
-            validation loss."""
+        def run_eval(scheduled: bool = True):
+            """Evaluate, log, and export the model when it beats the one at --out; False
+            (nothing saved) on a non-finite validation loss.
+
+            Only evaluations on the ``eval_every`` schedule feed the tracker (early stopping,
+            plateau) and restart the running training loss: the one after a run's last step,
+            off the schedule, must not change what a resumed run with a larger limit does.
+            """
+            nonlocal saved_best, evaluated_at
+            evaluated_at = step
             train_loss = float(np.mean(losses)) if losses else float("nan")
             val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len,
                             tcfg.eval_chars or None) if len(val_ids) > 1 else train_loss)
             if not math.isfinite(val):
                 stop_nonfinite(f"validation loss became {val}")
                 return False
-            improved = tracker.update(val)
-            state["lr_scale"] = jax.numpy.asarray(tracker.scale, jax.numpy.float32)
+            if scheduled:
+                tracker.update(val)
+                state["lr_scale"] = jax.numpy.asarray(tracker.scale, jax.numpy.float32)
+                losses.clear()
+            improved = saved_best is None or val < saved_best
             if improved:
                 save_weights(spec.out, state["params"], cfg, vocab)
+                saved_best = val
             elapsed = seconds_before + time.monotonic() - started
             record = {"step": step, "seconds": round(elapsed, 2),
-                      "chars_per_sec": round(chars_per_step * timed_steps
-                                             / max(time.monotonic() - (timed_from or started), 1e-9)),
+                      "chars_per_sec": round(chars_per_step * timed[0] / max(timed[1], 1e-9)),
                       "train_loss": train_loss, "val_loss": val, "val_bpc": val / math.log(2),
                       "lr": float(last_lr), "best": improved}
+            timed[:] = [0, 0.0]
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             progress.newline()
             log(f"step {step}: train {train_loss:.4f}, val {val:.4f} nats/char "
                 f"({val / math.log(2):.3f} bpc){' *best, saved ' + str(spec.out) if improved else ''}")
-            losses.clear()
             return True
 
         last_lr = 0.0
         with Signals() as signals:
             while True:
                 elapsed = seconds_before + time.monotonic() - started
+                if tracker.out_of_patience:  # also a resumed run that had stopped early
+                    log(f"no improvement in {tcfg.patience} evaluations: stopping early")
+                    break
                 if total_steps is not None and step >= total_steps:
                     break
                 if tcfg.minutes is not None and time.monotonic() - started >= tcfg.minutes * 60:
@@ -224,33 +244,31 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                     break
                 inputs, targets, reset = data.train_batch(train_ids, tcfg.batch_size,
                                                           tcfg.seq_len, step)
+                step_started = time.monotonic()
                 state, metrics = train_step(state, inputs, targets, reset)
                 step += 1
-                loss, last_lr = float(metrics["loss"]), float(metrics["lr"])
+                loss, last_lr = float(metrics["loss"]), float(metrics["lr"])  # waits for it
                 if not math.isfinite(loss) or not bool(metrics["params_finite"]):
                     stop_nonfinite(f"loss became {loss}" if not math.isfinite(loss)
                                    else "the parameters became non-finite")
                     break
                 losses.append(loss)
-                if timed_from is None:  # the first step includes compilation
-                    timed_from = time.monotonic()
-                    log(f"first step (compilation included): {timed_from - started:.1f} s")
-                else:
-                    timed_steps += 1
-                rate = chars_per_step * timed_steps / max(time.monotonic() - timed_from, 1e-9)
+                if compiled:
+                    timed[0] += 1
+                    timed[1] += time.monotonic() - step_started
+                else:  # the first step includes compilation
+                    compiled = True
+                    log(f"first step (compilation included): {time.monotonic() - started:.1f} s")
+                rate = chars_per_step * timed[0] / max(timed[1], 1e-9)
                 progress.show(step, loss, rate, last_lr, elapsed)
-                if step % tcfg.eval_every == 0:
-                    if not run_eval():
-                        break
-                    if tracker.out_of_patience:
-                        log(f"no improvement in {tcfg.patience} evaluations: stopping early")
-                        break
+                if step % tcfg.eval_every == 0 and not run_eval():
+                    break
                 if tcfg.sample_every and step % tcfg.sample_every == 0:
                     _show_sample(state["params"], cfg, vocab, train_ids, tcfg, step)
                 if step % tcfg.checkpoint_every == 0:
                     save_checkpoint()
-            if status == "done" and losses:  # an interrupted run stops at once instead
-                run_eval()
+            if status == "done" and evaluated_at != step:  # an interrupted run stops at once
+                run_eval(scheduled=False)
             if status != "nonfinite":
                 save_checkpoint()
         progress.newline()
@@ -271,7 +289,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         plot_run(spec.run_dir)
     except Exception as error:  # a missing plot never fails a finished run
         log(f"loss plot not written: {error}")
-    return RunResult(status, step, tracker.best, test, message, received, spec.out)
+    return RunResult(status, step, saved_best, test, message, received, spec.out)
 
 
 def _show_sample(params, cfg, vocab, train_ids, tcfg, step):

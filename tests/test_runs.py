@@ -294,3 +294,43 @@ def test_a_removed_best_model_is_reported_as_removed(finished_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "no model at" in result.stderr and "removed after the run's best evaluation" in \
         result.stderr, result.output
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_stopped_by_its_limit_resumes_as_if_never_stopped(tmp_path, short_corpus):
+    """The evaluation after a run's last step is off the eval schedule: it may save a better
+    model but must not feed plateau / early stopping or restart the running train loss, so a
+    resume with a larger --steps goes on exactly as a run given that limit at first."""
+    common = [short_corpus, *TINY, "--eval-every", "5", "--schedule", "plateau",
+              "--plateau-patience", "1", "--lr", "0.05"]
+    assert invoke("pretrain", *common, "--steps", "12", "--run-dir", tmp_path / "whole",
+                  "--out", tmp_path / "whole.json").exit_code == 0
+    assert invoke("pretrain", *common, "--steps", "8", "--run-dir", tmp_path / "parts",
+                  "--out", tmp_path / "parts.json").exit_code == 0
+    result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "parts", "--steps", "12")
+    assert result.exit_code == 0, result.output
+    whole, parts = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
+    assert [r["step"] for r in whole] == [5, 10, 12] and [r["step"] for r in parts] == [5, 8, 10, 12]
+    keys = ("train_loss", "val_loss", "lr", "best")
+    for a, b in zip(whole, [parts[0], *parts[2:]]):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    for record in whole:  # update steps only: at least the rate over the whole interval
+        assert record["chars_per_sec"] > 0
+    again = invoke("pretrain", "--resume", "--run-dir", tmp_path / "parts", "--steps", "12")
+    assert again.exit_code == 0 and len(_metrics(tmp_path / "parts")) == 4  # nothing to do
+
+
+def test_a_run_that_stopped_early_stays_stopped_on_resume(tmp_path, short_corpus):
+    run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
+    first = invoke("pretrain", short_corpus, *TINY, "--lr", "1e-12", "--steps", "20",
+                   "--eval-every", "2", "--patience", "1", *run)  # nothing moves: no gain
+    assert first.exit_code == 0 and "stopping early" in first.stderr, first.output
+    before = listing(tmp_path / "run")
+    again = invoke("pretrain", "--resume", *run)
+    assert again.exit_code == 0 and "stopping early" in again.stderr, again.output
+    assert "step 6" not in again.stderr
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [2, 4]
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
