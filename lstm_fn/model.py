@@ -18,6 +18,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lstm_fn.cells import get_cell, init_layer, matmul, zero_state
@@ -99,7 +100,8 @@ def checked_tokens(tokens: jax.typing.ArrayLike, vocab_size: int | None = None,
         raise ValueError(f"{name} must be integer ids [B, T] with B, T >= 1, got "
                          f"{tokens.dtype} {list(tokens.shape)}")
     if vocab_size is not None and not isinstance(tokens, jax.core.Tracer):
-        low, high = int(tokens.min()), int(tokens.max())
+        ids = np.asarray(tokens)  # on the host: inside a jit trace a jnp.min would be traced
+        low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} must be ids in [0, {vocab_size}), got {low}..{high}")
     return tokens
