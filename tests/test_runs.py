@@ -25,6 +25,14 @@ def finished_run(tmp_path_factory, short_corpus):
     return work
 
 
+def two_step_run(tmp_path, corpus) -> list:
+    """Train 2 steps (one evaluation, one checkpoint) into tmp_path/run; its run options."""
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", *run, "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    return run
+
+
 @pytest.mark.parametrize("option, needles", [
     (["--hidden-size", "16"], ["--resume", "model.hidden_size is 32 in the run", "16"]),
     (["--cell", "gru"], ["model.cell is 'lstm' in the run", "'gru'"]),
@@ -160,9 +168,7 @@ def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_
 def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_corpus):
     corpus = tmp_path / "c.txt"
     corpus.write_text(SHORT_TEXT, encoding="utf-8")
-    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
-    assert invoke("pretrain", corpus, *TINY, "--steps", "2", *run,
-                  "--out", tmp_path / "m.json").exit_code == 0
+    run = two_step_run(tmp_path, corpus)
     assert_refused(invoke("fine-tune", "--resume", *run, "--steps", "4"),
                    "is a pretrain run", "lstm-fn pretrain --resume")
     corpus.write_text(SHORT_TEXT.replace("cat", "cow"), encoding="utf-8")
@@ -172,9 +178,7 @@ def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_cor
 
 def test_a_run_recorded_before_a_setting_existed_resumes(tmp_path, short_corpus):
     """config.json of an older version lacks newer train keys: they take their defaults."""
-    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
-    assert invoke("pretrain", short_corpus, *TINY, "--steps", "2", *run,
-                  "--out", tmp_path / "m.json").exit_code == 0
+    run = two_step_run(tmp_path, short_corpus)
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     for key in ("eval_chars", "command", "corpus_sha256"):
         record.get("train", {}).pop(key, None)
@@ -247,9 +251,7 @@ def test_a_run_never_overwrites_a_config_json_or_corpus_it_did_not_write(tmp_pat
 def test_resume_follows_a_moved_corpus_with_the_same_text(tmp_path, short_corpus):
     corpus = tmp_path / "c.txt"
     corpus.write_text(SHORT_TEXT, encoding="utf-8")
-    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
-    assert invoke("pretrain", corpus, *TINY, "--steps", "2", *run,
-                  "--out", tmp_path / "m.json").exit_code == 0
+    run = two_step_run(tmp_path, corpus)
     moved = corpus.rename(tmp_path / "moved.txt")
     assert_refused(invoke("pretrain", "--resume", *run, "--steps", "4"),
                    f"the run's corpus {str(corpus)!r} is gone", "pass its new path as CORPUS")
@@ -263,9 +265,7 @@ def test_resume_follows_a_moved_corpus_with_the_same_text(tmp_path, short_corpus
 def test_a_file_name_that_is_not_utf8_is_recorded_and_resumed(tmp_path):
     corpus = tmp_path / os.fsdecode(b"lat\xe9.txt")
     corpus.write_text(SHORT_TEXT, encoding="utf-8")
-    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
-    result = invoke("pretrain", corpus, *TINY, "--steps", "2", *run, "--out", tmp_path / "m.json")
-    assert result.exit_code == 0, result.output
+    run = two_step_run(tmp_path, corpus)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["corpus"] == str(corpus)
     result = invoke("pretrain", "--resume", *run, "--steps", "4")
     assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
