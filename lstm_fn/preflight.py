@@ -36,6 +36,10 @@ def check_memory(cfg: ModelConfig) -> None:
                           "--layers")
 
 
+# Orbax's own files per checkpoint, beyond the arrays (~130 kB measured for a tiny model).
+CHECKPOINT_OVERHEAD = 256 << 10
+
+
 def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
     """Fail before training when the outputs cannot be written."""
     for folder in (spec.out.parent, spec.run_dir):
@@ -52,8 +56,8 @@ def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
         except OSError as error:
             raise OSError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
     # JSON ~12 bytes per parameter; each checkpoint ~3 float32 copies (params, Adam moments)
-    # plus orbax's own files (~130 kB measured for a tiny model); one more checkpoint is
-    # written before the oldest is deleted. What the run already holds is reused.
+    # plus orbax's files; one more checkpoint is written before the oldest is deleted. What
+    # the run already holds is reused.
     checkpoint_size = cfg.num_params * 12 + CHECKPOINT_OVERHEAD
     needed = (cfg.num_params * 12 + checkpoint_size * (spec.train.keep_checkpoints + 1)
               + (1 << 20) - _size_of(spec.run_dir / "checkpoints"))
@@ -62,8 +66,6 @@ def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
         raise OSError(f"not enough disk space in {str(spec.run_dir)!r}: {_amount(free)} free, "
                       f"this run needs about {_amount(needed)} more")
 
-
-CHECKPOINT_OVERHEAD = 256 << 10
 
 
 def _size_of(folder: Path) -> int:

@@ -71,11 +71,14 @@ def _read_record(path: Path) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{str(path)!r} is not a lstm_fn run record: {error}") from None
-    missing = [k for k in RECORD_KEYS if k not in record] if isinstance(record, dict) else None
-    if missing is None or missing or not all(isinstance(record[k], dict)
-                                             for k in ("model", "train")):
-        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record"
-                          + (f" (no {', '.join(missing)})" if missing else ""))
+    if not isinstance(record, dict):
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (a JSON "
+                          f"{type(record).__name__}, not an object)")
+    if missing := [k for k in RECORD_KEYS if k not in record]:
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (no {', '.join(missing)})")
+    if not (isinstance(record["model"], dict) and isinstance(record["train"], dict)):
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (its model and train "
+                          "are not objects)")
     return record
 
 

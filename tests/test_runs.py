@@ -215,7 +215,7 @@ def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path
 
 
 @pytest.mark.parametrize("content, needle", [
-    ("", "Expecting value"), ('{"corpus": "x", "model": {', "Expecting"), ("[1]", ""),
+    ("", "Expecting value"), ('{"corpus": "x", "model": {', "Expecting"), ("[1]", "a JSON list"),
     ("{}", "no corpus, model, train, vocab, encoding"), (b"\xff\xfe", "utf-8"),
 ])
 def test_resume_names_a_config_json_that_is_not_a_run_record(finished_run, short_corpus,
