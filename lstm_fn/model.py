@@ -99,11 +99,15 @@ def checked_tokens(tokens: jax.typing.ArrayLike, vocab_size: int | None = None,
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer) or 0 in tokens.shape:
         raise ValueError(f"{name} must be integer ids [B, T] with B, T >= 1, got "
                          f"{tokens.dtype} {list(tokens.shape)}")
-    if vocab_size is not None and not isinstance(tokens, jax.core.Tracer):
-        ids = np.asarray(tokens)  # on the host: inside a jit trace a jnp.min would be traced
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= vocab_size:
-            raise ValueError(f"{name} must be ids in [0, {vocab_size}), got {low}..{high}")
+    if vocab_size is None:
+        return tokens
+    try:  # on the host: inside a jit trace, even ids closed over would be traced by jnp.min
+        ids = np.asarray(tokens)
+    except jax.errors.TracerArrayConversionError:  # traced: unknown until run
+        return tokens
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"{name} must be ids in [0, {vocab_size}), got "
+                         f"{ids.min()}..{ids.max()}")
     return tokens
 
 
