@@ -208,7 +208,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 return False
             if scheduled:
                 tracker.update(val)
-                state["lr_scale"] = jax.numpy.asarray(tracker.scale, jax.numpy.float32)
+                # placed as before: an uncommitted array would make jit compile the step again
+                state["lr_scale"] = jax.device_put(jax.numpy.float32(tracker.scale),
+                                                   state["lr_scale"].sharding)
                 losses.clear()
             improved = saved_best is None or val < saved_best
             if improved:

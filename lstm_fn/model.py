@@ -115,8 +115,9 @@ def cross_entropy(logits: jax.Array, targets: jax.typing.ArrayLike,
                   mask: jax.typing.ArrayLike | None = None) -> jax.Array:
     """Mean softmax cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]``, or
     ``sum(mask * nll) / sum(mask)`` with float ``mask [B, T]`` (0 when it is all zero).
-    ValueError when targets or mask have another shape than the logits' ``[B, T]``."""
-    targets = checked_tokens(targets, name="targets")
+    ValueError when targets or mask have another shape than the logits' ``[B, T]``, and for
+    a target outside ``[0, V)`` when there is no mask (with one, padding may hold any id)."""
+    targets = checked_tokens(targets, logits.shape[-1] if mask is None else None, "targets")
     if targets.shape != logits.shape[:2]:
         raise ValueError(f"targets must have the shape of the tokens, {list(logits.shape[:2])}, "
                          f"got {list(targets.shape)}")

@@ -7,6 +7,7 @@ import glob
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ CHECKPOINT_OVERHEAD = 256 << 10
 
 def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
     """Fail before training when the outputs cannot be written."""
-    for folder in (spec.out.parent, spec.run_dir):
+    for folder in (Path(os.path.realpath(spec.out)).parent, spec.run_dir):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -119,10 +120,16 @@ class RunDirLock:
         fd = os.open(self.run_dir, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise ConfigError(f"run directory {str(self.run_dir)!r} is in use by another "
                               "lstm-fn process; wait for it or choose another --run-dir") from None
+        except OSError as error:  # a file system without flock (some network mounts)
+            os.close(fd)
+            print(f"warning: cannot lock run directory {str(self.run_dir)!r} "
+                  f"({error.strerror or error}); do not start a second run in it",
+                  file=sys.stderr)
+            return
         self.fd = fd
 
     def release(self) -> None:

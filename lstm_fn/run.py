@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from lstm_fn import checkpoint, data, preflight, resume
-from lstm_fn.config import ConfigError, TrainConfig
+from lstm_fn.config import MODEL_FIELDS, ConfigError, TrainConfig
 from lstm_fn.model import ModelConfig, init
 from lstm_fn.loop import RunResult, log, train_loop
 from lstm_fn.optim import make_schedule
@@ -68,7 +68,7 @@ RECORD_KEYS = ("corpus", "model", "train", "vocab", "encoding")
 def _read_record(path: Path) -> dict:
     """A run's ``config.json``; ConfigError naming the file when it is not one."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ConfigError(f"{str(path)!r} is not a lstm_fn run record: {error}") from None
     if not isinstance(record, dict):
@@ -79,6 +79,17 @@ def _read_record(path: Path) -> dict:
     if not (isinstance(record["model"], dict) and isinstance(record["train"], dict)):
         raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (its model and train "
                           "are not objects)")
+    texts = [record[k] for k in ("corpus", "out", "base", "command") if k in record]
+    if not all(v is None or isinstance(v, str) for v in texts) or \
+            not isinstance(record["encoding"], str) or not isinstance(record["vocab"], list):
+        raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (a field of the wrong "
+                          "type)")
+    fields = {"model": set(MODEL_FIELDS), "train": {f.name for f in
+                                                     dataclasses.fields(TrainConfig)}}
+    for section, known in fields.items():
+        if unknown := sorted(set(record[section]) - known):
+            raise ConfigError(f"{str(path)!r} has {section}.{unknown[0]}, which this version "
+                              "of lstm_fn does not know (written by a newer one?)")
     return record
 
 
@@ -193,10 +204,8 @@ def _model_and_vocab(spec: RunSpec, saved: dict | None, corpus: data.Corpus, enc
         if key != "dropout" and arch[key] != value:
             raise ConfigError(f"cannot fine-tune: the base model has model.{key} = "
                               f"{arch[key]!r}, {value!r} was given")
-    vocab, added = base_vocab.extend(corpus.text or "")
+    vocab, added = base_vocab.extend(corpus.text or "")  # listed once the checks pass
     if added:
-        log(f"vocabulary: added {len(added)} new character(s): "
-            + " ".join(repr(c) for c in added[:40]))
         params = grow_vocab(params, base_cfg, len(added), jax.random.key(seed))
     return {**arch, "dropout": spec.model.get("dropout", 0.0)}, vocab, params
 
@@ -211,6 +220,8 @@ def run(spec: RunSpec) -> RunResult:
 
 
 def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
+    if spec.run_dir.is_dir():
+        lock.acquire()
     saved = _prepare_dir(spec)
     if saved is not None:
         resume.check_resume(spec, saved)
@@ -241,6 +252,8 @@ def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
     preflight.check_memory(cfg)
     preflight.check_output_room(spec, cfg)
     lock.acquire()  # the folder exists now; before anything in it is touched
+    if saved is None:
+        _prepare_dir(spec)  # again: another run may have started and ended since
     preflight.remove_stale_temp_files(spec)
     log(f"run directory: {spec.run_dir}")  # after the checks: a refusal stays one line
     if saved is not None:
@@ -260,11 +273,13 @@ def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
     log(f"corpus {corpus.name}: {len(ids):,} symbols, vocabulary {len(vocab)}, splits "
         f"{len(train_ids):,}/{len(val_ids):,}/{len(test_ids):,}; model {cfg.cell} "
         f"{cfg.num_layers}x{cfg.hidden_size}, {cfg.num_params:,} parameters")
-    if saved is None and spec.base is not None and "head" in tcfg.freeze and \
-            len(vocab) > len(spec.base[2]):
-        log(f"warning: --freeze head keeps the output weights of the "
-            f"{len(vocab) - len(spec.base[2])} new character(s) at their start, so the model "
-            "will rarely produce them")
+    added = vocab.symbols[len(spec.base[2]):] if saved is None and spec.base else ()
+    if added:
+        log(f"vocabulary: added {len(added)} new character(s): "
+            + " ".join(repr(c) for c in added[:40]))
+    if added and "head" in tcfg.freeze:
+        log(f"warning: --freeze head keeps the output weights of the {len(added)} new "
+            "character(s) at their start, so the model will rarely produce them")
     if len(val_ids) < 2:
         log("warning: the validation split is empty, so the best model is chosen by the "
             "training loss; raise --val-fraction or use a longer corpus")

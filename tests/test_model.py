@@ -214,6 +214,10 @@ def test_targets_and_mask_must_fit_the_tokens():
             loss(tokens, tokens, mask=np.ones((B, T + 1)))
         mask = np.zeros((B, T)).tolist()  # a list is taken like tokens and targets are
         assert float(loss(tokens, tokens, mask=mask)[0]) == 0.0
+        padded = tokens.at[:, -1].set(-1)  # padding under a zero mask may hold any id
+        assert np.isfinite(float(loss(tokens, padded, mask=mask)[0]))
+        with pytest.raises(ValueError, match=r"targets must be ids in \[0, 11\), got -1"):
+            loss(tokens, padded)
     with pytest.raises(ValueError, match="manual|B, T >= 1"):
         manual_loss(params, tokens[:, :0], tokens[:, :0], cfg=cfg)
 

@@ -34,12 +34,14 @@ def test_read_only_output_folder_is_refused_before_training(corpus, tmp_path, mo
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == folder
                             and mode & os.W_OK else real_access(path, mode, **kw))
+    (tmp_path / "link.json").symlink_to(folder / "model.json")  # written where it points
     try:
-        result = invoke("pretrain", corpus, *TINY, "--steps", "5",
-                        "--run-dir", tmp_path / "run", "--out", folder / "model.json")
-        assert_refused(result, "cannot write to", "readonly", "permission denied")
-        assert listing(folder) == {"model.json": b"an earlier model"}
-        assert not (tmp_path / "run").exists()
+        for out in (folder / "model.json", tmp_path / "link.json"):
+            result = invoke("pretrain", corpus, *TINY, "--steps", "5",
+                            "--run-dir", tmp_path / "run", "--out", out)
+            assert_refused(result, "cannot write to", "readonly", "permission denied")
+            assert listing(folder) == {"model.json": b"an earlier model"}
+            assert not (tmp_path / "run").exists()
     finally:
         folder.chmod(0o700)
 
@@ -110,3 +112,38 @@ def test_a_disk_that_fills_during_the_run_is_named_with_the_way_back(corpus, tmp
                     tmp_path / "m.json")
     assert_refused(result, "disk full while saving checkpoint 4", "the last complete one: "
                    "checkpoint 2", "lstm-fn pretrain --resume --run-dir")
+
+
+def test_a_run_directory_lock_that_cannot_be_taken_warns_and_runs(tmp_path, monkeypatch, capsys):
+    """Some network file systems have no flock: that is not 'in use by another process'."""
+    import errno
+
+    from lstm_fn import preflight
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(preflight.fcntl, "flock", no_flock)
+    lock = preflight.RunDirLock(tmp_path)
+    lock.acquire()
+    assert lock.fd is None and "cannot lock run directory" in capsys.readouterr().err
+    lock.release()
+
+
+def test_a_run_that_started_and_ended_meanwhile_is_seen_once_the_lock_is_held(
+        corpus, tmp_path, monkeypatch):
+    """Another run may finish (and release the lock) while this one reads its corpus: the
+    check for a started run is repeated after the lock is taken."""
+    from lstm_fn import preflight
+
+    real_check = preflight.check_output_room
+
+    def other_run_meanwhile(spec, cfg):
+        real_check(spec, cfg)
+        (spec.run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
+
+    monkeypatch.setattr(preflight, "check_output_room", other_run_meanwhile)
+    result = invoke("pretrain", corpus, *TINY, "--steps", "5", "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "m.json")
+    assert_refused(result, "already holds a run")
+    assert listing(tmp_path / "run") == {"metrics.jsonl": b'{"step": 10}\n'}

@@ -195,6 +195,14 @@ def test_freezing_every_part_is_refused(tmp_path, short_corpus):
     assert_refused(result, "train.freeze names every part", "nothing would train")
 
 
+def test_a_refused_fine_tune_that_adds_characters_is_still_one_line(tmp_path, model_file):
+    corpus = tmp_path / "new.txt"
+    corpus.write_text(SHORT_TEXT + "\u00f1\u0416", encoding="utf-8")
+    result = invoke("fine-tune", corpus, "--from", model_file, "--run-dir", tmp_path / "run")
+    assert_refused(result, "train split has", "one batch needs")  # the default batch: too big
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path, model_file):
     from lstm_fn.run import grow_vocab
 
@@ -217,6 +225,9 @@ def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path
 @pytest.mark.parametrize("content, needle", [
     ("", "Expecting value"), ('{"corpus": "x", "model": {', "Expecting"), ("[1]", "a JSON list"),
     ("{}", "no corpus, model, train, vocab, encoding"), (b"\xff\xfe", "utf-8"),
+    ('{"corpus": null, "model": {}, "train": {}, "vocab": 5, "encoding": "chars"}', "type"),
+    ('{"corpus": null, "model": {}, "train": {"knob": 1}, "vocab": [], "encoding": "chars"}',
+     "train.knob, which this version of lstm_fn does not know"),
 ])
 def test_resume_names_a_config_json_that_is_not_a_run_record(finished_run, short_corpus,
                                                                tmp_path, content, needle):
@@ -225,7 +236,8 @@ def test_resume_names_a_config_json_that_is_not_a_run_record(finished_run, short
     config.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = listing(tmp_path)
     result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps", "4")
-    assert_refused(result, "config.json", "is not a lstm_fn run record", needle)
+    assert_refused(result, "config.json", *(("is not a lstm_fn run record",) if "knob" not in
+                                            str(content) else ()), needle)
     assert listing(tmp_path) == before
 
 
@@ -334,3 +346,14 @@ def test_a_run_that_stopped_early_stays_stopped_on_resume(tmp_path, short_corpus
     assert "step 6" not in again.stderr
     assert [r["step"] for r in _metrics(tmp_path / "run")] == [2, 4]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+
+
+def test_a_resumed_run_compiles_its_step_once(tmp_path, short_corpus, caplog):
+    """The plateau scale set at an evaluation keeps the restored state's placement (a fresh
+    array made jit compile the step a second time after the first evaluation)."""
+    run = two_step_run(tmp_path, short_corpus)
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        result = invoke("pretrain", "--resume", *run, "--steps", "6")
+    assert result.exit_code == 0, result.output
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step) ")]
+    assert len(compiles) <= 1, [r.getMessage()[:80] for r in compiles]
