@@ -129,3 +129,21 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "model.json"
     lstm_fn.save_weights(path, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
     return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, short_corpus):
+    """A real (very short) pretraining run: run directory, checkpoint and best model."""
+    work = tmp_path_factory.mktemp("run")
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2",
+                    "--run-dir", work / "run", "--out", work / "model.json")
+    assert result.exit_code == 0, result.output
+    return work
+
+
+def two_step_run(tmp_path, corpus) -> list:
+    """Train 2 steps (one evaluation, one checkpoint) into tmp_path/run; its run options."""
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", *run, "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    return run
