@@ -68,7 +68,6 @@ def check_output_room(spec: RunSpec, cfg: ModelConfig) -> None:
                       f"this run needs about {_amount(needed)} more")
 
 
-
 def _size_of(folder: Path) -> int:
     """Bytes in the files under ``folder`` (0 when it does not exist)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

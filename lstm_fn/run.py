@@ -84,10 +84,8 @@ def _read_record(path: Path) -> dict:
             not isinstance(record["encoding"], str) or not isinstance(record["vocab"], list):
         raise ConfigError(f"{str(path)!r} is not a lstm_fn run record (a field of the wrong "
                           "type)")
-    fields = {"model": set(MODEL_FIELDS), "train": {f.name for f in
-                                                     dataclasses.fields(TrainConfig)}}
-    for section, known in fields.items():
-        if unknown := sorted(set(record[section]) - known):
+    for section, known in (("model", MODEL_FIELDS), ("train", resume.TRAIN_DEFAULTS)):
+        if unknown := sorted(set(record[section]).difference(known)):
             raise ConfigError(f"{str(path)!r} has {section}.{unknown[0]}, which this version "
                               "of lstm_fn does not know (written by a newer one?)")
     return record

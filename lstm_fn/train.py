@@ -95,8 +95,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
 
     One truncated-BPTT update: the carry from the previous window is the initial state
     (gradients stop at the window border; ``reset``, one bool for all streams, zeroes it
-    first, as at the start of a pass over the data), the mean loss over ``[B, T]`` is differentiated,
-    gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
+    first, as at the start of a pass over the data), the mean loss over ``[B, T]`` is
+    differentiated, gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
     direction (zero for frozen tensors, weight decay included) is applied with
     ``lr = schedule(step) * lr_scale``. ``metrics`` holds the loss, the (unclipped) gradient
     norm, the learning rate and whether every updated parameter is finite

@@ -167,7 +167,8 @@ def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
 
 
 @pytest.mark.parametrize("tokens, carry, message", [
-    (np.zeros(5, np.int32), None, r"tokens must be integer ids \[B, T\] with B, T >= 1, got int32 \[5\]"),
+    (np.zeros(5, np.int32), None,
+     r"tokens must be integer ids \[B, T\] with B, T >= 1, got int32 \[5\]"),
     (np.zeros((1, 5), np.float32), None, "tokens must be integer ids"),
     (np.zeros((2, 0), np.int32), None, r"B, T >= 1, got int32 \[2, 0\]"),
     (np.full((1, 5), 11, np.int32), None, r"tokens must be ids in \[0, 11\), got 11..11"),

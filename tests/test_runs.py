@@ -207,7 +207,8 @@ def test_a_run_stopped_by_its_limit_resumes_as_if_never_stopped(tmp_path, short_
     result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "parts", "--steps", "12")
     assert result.exit_code == 0, result.output
     whole, parts = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
-    assert [r["step"] for r in whole] == [5, 10, 12] and [r["step"] for r in parts] == [5, 8, 10, 12]
+    assert [r["step"] for r in whole] == [5, 10, 12]
+    assert [r["step"] for r in parts] == [5, 8, 10, 12]
     keys = ("train_loss", "val_loss", "lr", "best")
     for a, b in zip(whole, [parts[0], *parts[2:]]):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}

@@ -117,7 +117,8 @@ def test_a_character_split_between_prime_and_sample_comes_out_whole(tmp_path):
     assert result.exit_code == 0 and result.stdout == "caf\u00e9\n", result.output
     result = invoke("sample", "--from", model, "--prime", f"@{prime}", "--length", "1", "--greedy",
                     "--num-samples", "2")
-    assert result.stdout == "--- sample 1 ---\ncaf\u00e9\n--- sample 2 ---\ncaf\u00e9\n", result.output
+    expected = "--- sample 1 ---\ncaf\u00e9\n--- sample 2 ---\ncaf\u00e9\n"
+    assert result.stdout == expected, result.output
 
 
 def test_an_ascii_stdout_and_an_ascii_locale_s_argv_still_give_utf8(tmp_path):
