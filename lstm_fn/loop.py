@@ -152,8 +152,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         if mesh is not None:
             log(f"batch of {tcfg.batch_size} split over {mesh.size} devices")
         train_step = make_train_step(cfg, tcfg, total_steps, mesh)
-        if mesh is not None:
-            state = jax.device_put(state, state_layout(mesh))
+        # Committed to its devices from the first step: jit compiles again when an argument
+        # changes from uncommitted to committed, as the step's outputs and lr_scale do.
+        state = jax.device_put(state, one_device if mesh is None else state_layout(mesh))
         metrics_file = _metrics_log(spec.run_dir / "metrics.jsonl", step)
         progress = Progress(total_steps, tcfg.minutes)
         chars_per_step = tcfg.batch_size * tcfg.seq_len

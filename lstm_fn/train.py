@@ -176,7 +176,11 @@ def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
     each window with the number of predictions scored so far. Returns nan for a split too
     short to predict anything.
     """
-    carry = initial_state(cfg, batch_size, params["embed"].dtype)
+    # Committed, as the carries _eval_step returns are: jit compiles again when an argument
+    # changes from uncommitted to committed. So one program serves every window and call.
+    where = getattr(params["embed"], "sharding", None) or jax.devices()[0]
+    params, carry = jax.device_put(
+        (params, initial_state(cfg, batch_size, params["embed"].dtype)), where)
     total, count = 0.0, 0.0
     for inputs, targets, mask, reset in data.eval_batches(ids, batch_size, seq_len, max_chars):
         nll_sum, carry = _eval_step(params, cfg, carry, inputs, targets, mask, reset)

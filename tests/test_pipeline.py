@@ -160,12 +160,16 @@ def test_a_second_run_in_the_same_directory_is_refused(trained, corpus):
 
 
 def test_a_second_run_compiles_nothing(corpus, tmp_path):
-    """With the persistent compilation cache, a repeated run adds no compiled program."""
+    """With the persistent compilation cache, a repeated run adds no compiled program; and
+    within a run, the training and evaluation steps are each compiled once (a step that
+    compiled again after an evaluation took seconds counted as training time)."""
     env = dict(os.environ, LSTM_FN_CACHE=str(tmp_path / "cache"))
     args = [corpus, *TINY, "--steps", "10", "--eval-every", "5"]
     first = lstm_fn("pretrain", *args, "--run-dir", tmp_path / "r1", "--out", tmp_path / "1.json",
-                    env=env)
+                    env=dict(env, JAX_LOG_COMPILES="1"))
     assert first.returncode == 0, first.stderr
+    assert first.stderr.count("Compiling jit(step)") == 1, first.stderr
+    assert first.stderr.count("Compiling jit(_eval_step)") == 1, first.stderr
     programs = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert any(name.startswith("jit_step") for name in programs)
     second = lstm_fn("pretrain", *args, "--run-dir", tmp_path / "r2", "--out", tmp_path / "2.json",
