@@ -10,7 +10,7 @@ import lstm_fn
 import reference_numpy as ref
 from lstm_fn import gradcheck
 from lstm_fn.cells import get_cell
-from lstm_fn.model import ModelConfig
+from lstm_fn.model import ModelConfig, dropout_masks
 from reference_numpy import spec
 from conftest import CELLS, assert_close
 
@@ -243,3 +243,32 @@ def test_any_float_dtype_initializes_and_keeps_its_dtype():
                 value, grads = jax.jit(jax.value_and_grad(loss))(params)
                 assert value.dtype == dtype and np.isfinite(float(value))
                 assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_init_scales_and_distinct_gate_blocks(cell):
+    """PyTorch's bound 1/sqrt(H) for w_x whatever its input size, and each gate's block of
+    w_h drawn on its own (each is orthogonal, so a shared key would pass that check)."""
+    cfg = ModelConfig(cell, vocab_size=13, embed_size=7, hidden_size=16, num_layers=2)
+    params = lstm_fn.init(jax.random.key(0), cfg)
+    bound = 1 / 16 ** 0.5  # 1/sqrt(H)
+    for layer in params["layers"]:
+        w_x = np.asarray(layer["w_x"])
+        assert np.abs(w_x).max() <= bound and np.abs(w_x).max() > 0.8 * bound
+        blocks = np.split(np.asarray(layer["w_h"]), spec.num_gates(cell), axis=1)
+        for a in range(len(blocks)):
+            for b in range(a + 1, len(blocks)):
+                assert not np.allclose(blocks[a], blocks[b])
+
+
+def test_dropout_masks_values_rate_and_independence():
+    """Inverted dropout: zeros at rate p, kept units scaled by 1/(1-p), a mask per layer. The
+    numpy twin and the manual path take the same masks, so only this test sees them."""
+    cfg = ModelConfig("lstm", 9, 8, 16, 2, dropout=0.3)
+    masks = [np.asarray(m) for m in dropout_masks(jax.random.key(0), cfg, 32, 64)]
+    for m in masks:
+        assert m.shape == (32, 64, 16)
+        assert set(np.unique(m)) <= {0.0, np.float32(1 / 0.7)}
+        assert abs((m == 0).mean() - 0.3) < 0.02
+        assert abs(m.mean() - 1.0) < 0.03
+    assert np.mean((masks[0] > 0) == (masks[1] > 0)) < 0.7

@@ -216,3 +216,15 @@ def test_config_precedence_and_refusals(tmp_path):
         with pytest.raises(ConfigError, match=message):
             resolve({"model": {}, "train": {}, **bad}, {}, {}, {"steps": 1})
     assert math.isclose(TrainConfig(steps=1, learning_rate=1).learning_rate, 1.0)
+
+
+def test_plateau_scales_once_per_patience():
+    """The lr shrinks after every `plateau_patience` bad evaluations, not after each one past
+    the first patience."""
+    t = ValTracker(TrainConfig(steps=1, schedule="plateau", plateau_patience=2, plateau_factor=0.5))
+    t.update(1.0)
+    scales = []
+    for _ in range(4):
+        t.update(2.0)
+        scales.append(t.scale)
+    assert scales == [1.0, 0.5, 0.5, 0.25]
