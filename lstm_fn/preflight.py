@@ -19,6 +19,7 @@ except ImportError:  # not a POSIX system: no lock
 
 from lstm_fn.config import ConfigError
 from lstm_fn.model import ModelConfig
+from reference_numpy import spec
 
 if TYPE_CHECKING:
     from lstm_fn.run import RunSpec
@@ -85,8 +86,8 @@ def remove_stale_temp_files(spec: RunSpec) -> None:
 
 
 def check_out_is_a_file(out: Path) -> None:
-    """Refuse an ``--out`` that exists and is not a regular file (a device, a pipe), or that
-    is this process's standard input, output or error (``/dev/stdout``, or the file it is
+    """Refuse an ``--out`` that exists and is not a regular file (a device, a pipe), that is
+    this process's standard input, output or error (``/dev/stdout``, or the file it is
     redirected to): the weights are written beside it and renamed over it."""
     try:
         info = out.stat()
@@ -103,6 +104,22 @@ def check_out_is_a_file(out: Path) -> None:
         if (std.st_dev, std.st_ino) == (info.st_dev, info.st_ino):
             raise ConfigError(f"--out {str(out)!r} is this command's standard {name}; give a "
                               "file name")
+
+
+def check_out_holds_weights(out: Path) -> None:
+    """Refuse an existing, non-empty ``--out`` that does not start as the weights files this
+    package writes: a text, another run's ``config.json`` or another tool's file named by
+    mistake would be lost."""
+    try:
+        if not out.stat().st_size:
+            return
+        with open(out, "rb") as f:
+            head = f.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        return  # not there yet (or unreadable: the write says so)
+    if not (head.startswith(b"{") and f'"{spec.FORMAT}"'.encode() in head):
+        raise ConfigError(f"--out {str(out)!r} exists and is not a lstm_fn weights file; give "
+                          "another file name (or remove that file first)")
 
 
 class RunDirLock:

@@ -117,8 +117,8 @@ def _prepare_dir(spec: RunSpec) -> dict | None:
 def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | None]:
     """``spec`` with ``out``, ``base_path`` and ``base`` filled in and checked (on a resume,
     what the run recorded unless given again), and the corpus's absolute path (None for the
-    built-in one). Refuses an ``out`` that is a folder or would overwrite an input or a
-    file of the run."""
+    built-in one). Refuses an ``out`` that is a folder, would overwrite an input or a file
+    of the run, or holds anything but lstm_fn weights."""
     location = resume.corpus_location(spec, saved)
     out = spec.out or Path((saved or {}).get("out") or spec.default_out)
     if out.is_dir():
@@ -148,6 +148,7 @@ def _settle_paths(spec: RunSpec, saved: dict | None) -> tuple[RunSpec, str | Non
     if out.resolve().is_relative_to((spec.run_dir / "checkpoints").resolve()):
         raise ConfigError(f"--out {str(out)!r} is inside the run's checkpoints; choose "
                           "another file")
+    preflight.check_out_holds_weights(out)
     base = load_weights(base_path) if base_path is not None else None
     return dataclasses.replace(spec, out=out, base_path=base_path, base=base), location
 

@@ -12,6 +12,10 @@ import pytest
 from conftest import TINY, assert_refused, invoke, listing, lstm_fn_command
 
 
+# the start of a weights file: the only kind of file --out replaces
+EARLIER = '{"format": "lstm_fn-weights", "version": 1, "note": "an earlier model"}'
+
+
 def test_output_folder_under_a_file_is_refused_before_training(corpus, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a regular file")
@@ -28,7 +32,7 @@ def test_output_folder_under_a_file_is_refused_before_training(corpus, tmp_path)
 def test_read_only_output_folder_is_refused_before_training(corpus, tmp_path, monkeypatch):
     folder = tmp_path / "readonly"
     folder.mkdir()
-    (folder / "model.json").write_text("an earlier model")
+    (folder / "model.json").write_text(EARLIER)
     folder.chmod(0o500)
     if os.geteuid() == 0:  # root writes into read-only folders: let os.access say no
         real_access = os.access
@@ -40,7 +44,7 @@ def test_read_only_output_folder_is_refused_before_training(corpus, tmp_path, mo
             result = invoke("pretrain", corpus, *TINY, "--steps", "5",
                             "--run-dir", tmp_path / "run", "--out", out)
             assert_refused(result, "cannot write to", "readonly", "permission denied")
-            assert listing(folder) == {"model.json": b"an earlier model"}
+            assert listing(folder) == {"model.json": EARLIER.encode()}
             assert not (tmp_path / "run").exists()
     finally:
         folder.chmod(0o700)
@@ -48,13 +52,13 @@ def test_read_only_output_folder_is_refused_before_training(corpus, tmp_path, mo
 
 def test_full_disk_is_refused_before_training(corpus, tmp_path, monkeypatch):
     out = tmp_path / "model.json"
-    out.write_text("an earlier model, kept as it is")
+    out.write_text(EARLIER)
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda path: shutil._ntuple_diskusage(1 << 30, (1 << 30) - 4096, 4096))
     result = invoke("pretrain", corpus, *TINY, "--steps", "5",
                     "--run-dir", tmp_path / "run", "--out", out)
     assert_refused(result, "not enough disk space", "4 KiB free", "needs about")
-    assert out.read_text() == "an earlier model, kept as it is"
+    assert out.read_text() == EARLIER
     assert listing(tmp_path / "run") == {}  # no config.json, no checkpoint
 
 
@@ -74,6 +78,20 @@ def test_out_must_be_a_regular_file_and_not_a_standard_stream(corpus, tmp_path):
                                stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
     assert child.returncode == 2 and "is this command's standard output" in child.stderr
     assert log.read_text() == "an earlier line\n"
+
+
+def test_out_replaces_only_a_weights_file(corpus, tmp_path, finished_run):
+    """A text, or another run's record, named by mistake as --out is refused, untouched."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    record = finished_run / "run" / "config.json"
+    before = record.read_bytes()
+    for out, run in ((notes, "r1"), (record, "r2")):
+        result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir", tmp_path / run,
+                        "--out", out)
+        assert_refused(result, "is not a lstm_fn weights file", out.name)
+        assert not (tmp_path / run).exists()
+    assert notes.read_text() == "my notes\n" and record.read_bytes() == before
 
 
 def test_room_on_disk_counts_what_the_run_already_holds(corpus, tmp_path, monkeypatch):
