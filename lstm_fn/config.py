@@ -22,6 +22,8 @@ SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 GRADIENTS = ("autodiff", "manual")
 STOPPING_RULES = ("steps", "epochs", "minutes")
 # The model fields a config may set; vocab_size always comes from the corpus.
+# The samples printed during training are generated whole, while the run waits.
+MAX_SAMPLE_LENGTH = 100_000
 MODEL_FIELDS = {"cell": str, "embed_size": int, "hidden_size": int, "num_layers": int,
                 "dropout": float}
 
@@ -104,6 +106,13 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_chars", "sample_every", "sample_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        for name, kind in typing.get_type_hints(TrainConfig).items():
+            value = getattr(self, name)  # steps and counts live in int32 on the device
+            if name != "seed" and isinstance(value, int) and value >= 2**31:
+                raise ConfigError(f"train.{name} must be < 2**31, got {value}")
+        if self.sample_length > MAX_SAMPLE_LENGTH:
+            raise ConfigError(f"train.sample_length must be <= {MAX_SAMPLE_LENGTH:,} (a sample "
+                              f"during training), got {self.sample_length}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                               ("vocab", spec.ENCODINGS), ("gradients", GRADIENTS),
                               ("matmul_precision", spec.MATMUL_PRECISIONS)):

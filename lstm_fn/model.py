@@ -26,6 +26,10 @@ from lstm_fn.scan import layer_scan
 from reference_numpy import spec
 
 
+# Each layer is its own part of the traced program: thousands would take minutes to compile.
+MAX_LAYERS = 256
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a model. ``dropout`` is the drop probability applied to every
@@ -45,6 +49,9 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
             object.__setattr__(self, name, int(value))  # numpy integers too, stored as int
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"model.num_layers must be <= {MAX_LAYERS} (each layer is a "
+                             f"separate part of the compiled program), got {self.num_layers}")
         if self.vocab_size < 2:
             raise ValueError(f"model.vocab_size must be >= 2, got {self.vocab_size}")
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real)

@@ -246,6 +246,9 @@ def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
     per_epoch = data.windows_per_epoch(len(train_ids), tcfg.batch_size, tcfg.seq_len)
     limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch)) if s]
     total_steps = min(limits) if limits else None
+    if total_steps is not None and total_steps >= 2**31:
+        raise ConfigError(f"--epochs {tcfg.epochs:g} is {total_steps:,} steps here; at most "
+                          f"{2**31 - 1:,} fit the step counter")
     check_freeze(tcfg.freeze, cfg.num_layers)
     make_schedule(tcfg, total_steps)  # refuses a schedule without a known length
     preflight.check_memory(cfg)

@@ -193,6 +193,10 @@ def _check_options(cfg: ModelConfig, prime_ids: np.ndarray, length, num_samples,
                          f"{prime_ids.min()}..{prime_ids.max()}")
 
 
+# Gumbel noise values drawn ahead per chunk, at most (64 MiB in float32).
+NOISE_BUDGET = 2**24
+
+
 def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *,
              key: jax.Array | None = None,
              num_samples: int = 1, temperature: float = 1.0, top_k: int | None = None,
@@ -201,7 +205,8 @@ def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *,
     """Continue a prime with ``length`` tokens per sample, yielded chunk by chunk.
 
     Options are checked when called (ValueError naming the option), before anything runs.
-    Chunks have ``chunk_size`` steps except the last, which is ``length % chunk_size`` long
+    Chunks have ``chunk_size`` steps (fewer where ``S * V`` is so large that a chunk's noise
+    would pass :data:`NOISE_BUDGET` values) except the last, which is the remainder,
     and compiled as its own shape (so at most two programs per call, both cached): nothing is
     computed past ``length``. The next chunk is dispatched before the current one is copied
     to the host, so the device keeps working while the caller writes out text.
@@ -237,6 +242,8 @@ def _chunks(params, cfg, prime_ids, length, key, num_samples, chunk_size,
     if length == 0:
         return
     carry, logits = warm_up(params, cfg, jnp.asarray(prime_ids), num_samples)
+    # a chunk's noise is [steps, S, V]: many samples of a large vocabulary take shorter chunks
+    chunk_size = max(1, min(chunk_size, NOISE_BUDGET // (num_samples * cfg.vocab_size)))
     pending = None
     for start in range(0, length, chunk_size):
         steps = min(chunk_size, length - start)

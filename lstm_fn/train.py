@@ -176,6 +176,11 @@ def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
     each window with the number of predictions scored so far. Returns nan for a split too
     short to predict anything.
     """
+    # No wider than the split needs (the same rows, so the same numbers): a --seq-len or
+    # --batch-size far beyond a short text would only allocate padding.
+    n_predictions = max(len(ids) - 1, 1)
+    batch_size = min(batch_size, n_predictions)
+    seq_len = min(seq_len, -(-n_predictions // batch_size))
     # Committed, as the carries _eval_step returns are: jit compiles again when an argument
     # changes from uncommitted to committed. So one program serves every window and call.
     where = getattr(params["embed"], "sharding", None) or jax.devices()[0]

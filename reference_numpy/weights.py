@@ -143,6 +143,9 @@ def parse_weights(doc) -> tuple[dict, dict, list[str], str]:
         raise WeightsError(f"encoding {encoding!r} is not one of {', '.join(spec.ENCODINGS)}")
     model = _check_model(doc["model"])
     vocab = _check_vocab(doc["vocab"], model, encoding)
+    layers = doc["params"].get("layers") if isinstance(doc["params"], dict) else None
+    if isinstance(layers, list) and len(layers) != model["num_layers"]:  # before building
+        raise WeightsError(f"params.layers must be a list of {model['num_layers']} layers")
     params = _check_params(doc["params"], spec.param_shapes(model))
     return params, dict(model), list(vocab), encoding
 

@@ -123,6 +123,9 @@ def test_missing_config_file_is_named(tmp_path, short_corpus):
     (["--eval-chars", "-1"], ["train.eval_chars", ">= 0"]),
     (["--optimizer", "lbfgs"], ["train.optimizer", "adam, adamw, sgd, rmsprop"]),
     (["--freeze", "middle"], ["train.freeze", "'middle'"]),
+    (["--warmup-steps", str(2**31)], ["train.warmup_steps", "< 2**31"]),  # int32 on device
+    (["--sample-length", "100001"], ["train.sample_length", "<= 100,000"]),
+    (["--layers", "257"], ["model.num_layers", "<= 256"]),
 ])
 def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option,
                                                            needles):
@@ -180,6 +183,8 @@ WEIGHTS_DAMAGE = {
     "extra key": (_set(["optimizer"], "adam"), None, ["unknown key 'optimizer'"]),
     "extra param": (_set(["params", "head", "scale"], [1.0]), None,
                     ["params.head has unknown key 'scale'"]),
+    "a billion layers": (_set(["model", "num_layers"], 10**9), None,  # not built to check
+                         ["params.layers must be a list of 1000000000 layers"]),
     "shape disagrees": (_set(["model", "hidden_size"], 33), None,
                         ["params.layers[0].w_x has shape [8, 128], the model needs [8, 132]"]),
     "layer count disagrees": (_set(["model", "num_layers"], 3), None,

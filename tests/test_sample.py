@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import lstm_fn
+from lstm_fn import sample
 from lstm_fn.model import ModelConfig
 from lstm_fn.sample import filter_logits, generate, generate_chunk, sample_text, warm_up
 from lstm_fn.vocab import CorpusError, Vocab
@@ -107,7 +108,7 @@ def test_filter_probs_match_reference(options):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_output_does_not_depend_on_chunk_size(cell):
+def test_output_does_not_depend_on_chunk_size(cell, monkeypatch):
     cfg, params = model(cell)
     options = dict(key=jax.random.key(3), num_samples=2, temperature=0.8, top_k=5, top_p=0.9)
     chunks = list(generate(params, cfg, PRIME, 30, chunk_size=7, **options))
@@ -117,6 +118,11 @@ def test_output_does_not_depend_on_chunk_size(cell):
     # chunk_size 256 (one chunk) is compared in the sample_text test
     pairs = list(generate(params, cfg, PRIME, 30, chunk_size=2, **options))
     assert len(pairs) == 15
+    np.testing.assert_array_equal(ids_of(chunks), ids_of(pairs))
+    # many samples of a large vocabulary: chunks shrink to keep the noise within budget
+    monkeypatch.setattr(sample, "NOISE_BUDGET", 2 * 2 * cfg.vocab_size)
+    pairs = list(generate(params, cfg, PRIME, 30, chunk_size=7, **options))
+    assert [c.shape for c in pairs] == [(2, 2)] * 15
     np.testing.assert_array_equal(ids_of(chunks), ids_of(pairs))
 
 
