@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -40,7 +41,21 @@ class RunResult:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    _to_stderr(message + "\n")
+
+
+def _to_stderr(text: str) -> None:
+    """Write the log. When its reader has left (``lstm-fn pretrain ... 2>&1 | head``), the
+    rest of it goes to /dev/null and SIGPIPE is raised: in training, :class:`Signals` stops
+    the run as on SIGTERM (a checkpoint, then exit 141); elsewhere it is ignored."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stderr.fileno())
+        os.close(null)
+        signal.raise_signal(signal.SIGPIPE)
 
 
 def resume_command(command: str, run_dir) -> str:
@@ -49,11 +64,13 @@ def resume_command(command: str, run_dir) -> str:
 
 
 class Signals:
-    """Records SIGINT / SIGTERM so the loop can checkpoint and stop between steps."""
+    """Records SIGINT / SIGTERM (and SIGPIPE, see :func:`_to_stderr`) so the loop can
+    checkpoint and stop between steps."""
 
     def __enter__(self):
         self.received = None
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._handle)
+                         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)}
         return self
 
     def _handle(self, signum, frame):
@@ -93,12 +110,11 @@ class Progress:
         of = f"/{self.total}" if self.total else ""
         line = (f"step {step}{of} | loss {loss:.4f} | {chars_per_s:,.0f} chars/s | "
                 f"lr {lr:.2e}{eta}")
-        print(("\r" + line + "\033[K") if self.tty else line, end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
+        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
 
     def newline(self):
         if self.tty:
-            print(file=sys.stderr, flush=True)
+            _to_stderr("\n")
 
 
 def _metrics_log(path, restored_step: int):

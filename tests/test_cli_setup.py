@@ -35,6 +35,27 @@ def test_training_with_a_closed_stderr_runs_on_unlogged(short_corpus, tmp_path):
     read_weights(tmp_path / "model.json")
 
 
+def test_training_whose_log_reader_leaves_stops_with_a_checkpoint(short_corpus, tmp_path):
+    """`lstm-fn pretrain ... 2>&1 | head -2`: as on SIGTERM, a checkpoint at the step in
+    flight and exit 141, not a death at the next log line with the steps since the last
+    checkpoint lost."""
+    child = subprocess.Popen(lstm_fn_command(
+        "pretrain", short_corpus, *TINY, "--steps", "100000", "--eval-every", "5",
+        "--checkpoint-every", "100000", "--run-dir", tmp_path / "run", "--out",
+        tmp_path / "model.json"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in child.stderr:
+        if line.startswith("first step"):
+            break
+    child.stderr.close()  # the reader leaves
+    assert child.wait(timeout=300) == 141
+    steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+             if p.name.isdigit()]
+    assert steps and max(steps) >= 1
+    resumed = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps",
+                     str(max(steps) + 1))
+    assert resumed.exit_code == 0, resumed.output
+
+
 def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path):
     opened = subprocess.run(
         f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli_setup import "
