@@ -126,6 +126,7 @@ def test_missing_config_file_is_named(tmp_path, short_corpus):
     (["--warmup-steps", str(2**31)], ["train.warmup_steps", "< 2**31"]),  # int32 on device
     (["--sample-length", "100001"], ["train.sample_length", "<= 100,000"]),
     (["--layers", "257"], ["model.num_layers", "<= 256"]),
+    (["--patience", "0"], ["train.patience", "> 0"]),
 ])
 def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option,
                                                            needles):

@@ -99,12 +99,28 @@ def test_a_model_too_big_for_memory_is_refused(tmp_path, short_corpus):
     assert not (tmp_path / "run").exists()
 
 
+def last_checkpoint(run_dir) -> int:
+    return max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_corpus):
-    result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--eval-every", "1000",
-                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    """--epochs alone runs ceil(epochs * windows) steps of the train split cut by the given
+    (unequal) fractions; with --steps too, whichever comes first."""
+    fractions = ["--val-fraction", "0.1", "--test-fraction", "0.02"]
+    result = invoke("pretrain", short_corpus, *TINY, *fractions, "--epochs", "0.5",
+                    "--eval-every", "1000", "--run-dir", tmp_path / "run", "--out",
+                    tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert train["steps"] is None and train["epochs"] == 0.5
+    ids = lstm_fn.Vocab.from_text(SHORT_TEXT).encode(SHORT_TEXT)
+    parts = [len(part) for part in lstm_fn.data.split(ids, (0.88, 0.1, 0.02))]
+    assert "splits {:,}/{:,}/{:,}".format(*parts) in result.stderr
+    windows = lstm_fn.data.windows_per_epoch(parts[0], 4, 16)  # TINY's batch and window
+    assert last_checkpoint(tmp_path / "run") == -(-windows // 2) > 2
+    result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--steps", "2",
+                    "--run-dir", tmp_path / "run2", "--out", tmp_path / "m2.json")
+    assert result.exit_code == 0 and last_checkpoint(tmp_path / "run2") == 2
 
 
 def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_corpus):

@@ -190,6 +190,28 @@ def test_clipping_bounds_the_first_update():
     assert float(metrics["grad_norm"]) > 1e-3 and float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_the_step_uses_the_schedule_at_its_own_index():
+    """Warmup: the first update uses lr/W, not 2 lr/W (the schedule at the step's index)."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=5, optimizer="sgd", learning_rate=2.0,
+                       warmup_steps=4)
+    state = init_state(lstm_fn.init(jax.random.key(3), CFG), CFG, tcfg)
+    step, rates = make_train_step(CFG, tcfg, 5), []
+    for i in range(5):
+        state, metrics = step(state, *train_batch(ids(), 4, 16, i))
+        rates.append(float(metrics["lr"]))
+    assert rates == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
+
+
+def test_documented_defaults():
+    """Defaults users rely on (some in the README): --help is built from the same
+    dataclass, so only a test with the numbers written out notices when one changes."""
+    tcfg = TrainConfig(steps=1)
+    assert (tcfg.batch_size, tcfg.seq_len, tcfg.optimizer, tcfg.learning_rate,
+            tcfg.grad_clip, tcfg.eval_every, tcfg.eval_chars, tcfg.val_fraction,
+            tcfg.test_fraction, tcfg.gradients, tcfg.matmul_precision) == (
+        32, 128, "adam", 2e-3, 5.0, 200, 500_000, 0.05, 0.05, "manual", "float32")
+
+
 def test_a_config_file_may_start_with_a_utf8_bom(tmp_path):
     """Windows editors write one; corpora, primes and weights files already accept it."""
     path = tmp_path / "bom.json"
