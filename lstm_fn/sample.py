@@ -181,8 +181,9 @@ def _check_options(cfg: ModelConfig, prime_ids: np.ndarray, length, num_samples,
         raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 unless greedy, got {temperature!r}")
+    if not greedy and not 0 < temperature < np.inf:
+        raise ValueError(f"temperature must be > 0 and finite unless greedy, got "
+                         f"{temperature!r}")
     if not greedy and key is None:
         raise ValueError("key is required unless greedy")
     if prime_ids.ndim != 1 or prime_ids.size == 0:

@@ -139,7 +139,8 @@ def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus
 @pytest.mark.parametrize("option, needles", [
     (["--top-p", "0"], ["top_p", "(0, 1]", "0.0"]),
     (["--top-p", "1.5"], ["top_p", "(0, 1]", "1.5"]),
-    (["--temperature", "0"], ["temperature must be > 0 unless greedy"]),
+    (["--temperature", "0"], ["temperature must be > 0 and finite unless greedy"]),
+    (["--temperature", "inf"], ["temperature must be > 0 and finite", "inf"]),
     (["--temperature", "-2"], ["temperature must be > 0"]),
 ])
 def test_out_of_range_sampling_option_names_key_and_range(model_file, option, needles):
