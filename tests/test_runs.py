@@ -256,3 +256,12 @@ def test_a_resumed_run_compiles_its_step_once(tmp_path, short_corpus, caplog):
     assert result.exit_code == 0, result.output
     compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step) ")]
     assert len(compiles) <= 1, [r.getMessage()[:80] for r in compiles]
+
+
+def test_a_finished_run_resumed_without_limits_keeps_its_own(tmp_path, short_corpus):
+    """`--resume` alone continues under the run's recorded --steps, not the default 5,000."""
+    run = two_step_run(tmp_path, short_corpus)
+    result = invoke("pretrain", "--resume", *run[:2])
+    assert result.exit_code == 0, result.output
+    assert last_checkpoint(tmp_path / "run") == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 2

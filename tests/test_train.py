@@ -13,7 +13,7 @@ from lstm_fn.config import ConfigError, TrainConfig, read_config_file, resolve
 from lstm_fn.data import train_batch
 from lstm_fn.optim import ValTracker, make_schedule
 from lstm_fn.train import evaluate, global_norm, init_state, make_train_step
-from conftest import assert_close
+from conftest import SHORT_TEXT, assert_close, invoke
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
 
@@ -250,3 +250,15 @@ def test_plateau_scales_once_per_patience():
         t.update(2.0)
         scales.append(t.scale)
     assert scales == [1.0, 0.5, 0.5, 0.25]
+
+
+def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corpus):
+    """--batch-size is the number of streams (it changes the numbers), --seq-len only the
+    window; the command's result is evaluate's."""
+    params, cfg, vocab = lstm_fn.load_weights(model_file)
+    ids = vocab.encode(SHORT_TEXT)
+    want, swapped = evaluate(params, cfg, ids, 1, 50), evaluate(params, cfg, ids, 50, 1)
+    assert f"{want:.4f}" != f"{swapped:.4f}"  # else this test could not tell them apart
+    result = invoke("eval", short_corpus, "--from", model_file, "--batch-size", "1",
+                    "--seq-len", "50")
+    assert result.exit_code == 0 and f"loss {want:.4f} nats/char" in result.output, result.output
