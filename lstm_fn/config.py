@@ -21,9 +21,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 GRADIENTS = ("autodiff", "manual")
 STOPPING_RULES = ("steps", "epochs", "minutes")
-# The model fields a config may set; vocab_size always comes from the corpus.
 # The samples printed during training are generated whole, while the run waits.
 MAX_SAMPLE_LENGTH = 100_000
+# The model fields a config may set; vocab_size always comes from the corpus.
 MODEL_FIELDS = {"cell": str, "embed_size": int, "hidden_size": int, "num_layers": int,
                 "dropout": float}
 

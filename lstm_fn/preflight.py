@@ -86,8 +86,8 @@ def remove_stale_temp_files(spec: RunSpec) -> None:
 
 
 def check_out_is_a_file(out: Path) -> None:
-    """Refuse an ``--out`` that exists and is not a regular file (a device, a pipe), that is
-    this process's standard input, output or error (``/dev/stdout``, or the file it is
+    """Refuse an ``--out`` that exists and is not a regular file (a device, a pipe), or that
+    is this process's standard input, output or error (``/dev/stdout``, or the file it is
     redirected to): the weights are written beside it and renamed over it."""
     try:
         info = out.stat()

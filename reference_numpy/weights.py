@@ -143,8 +143,13 @@ def parse_weights(doc) -> tuple[dict, dict, list[str], str]:
         raise WeightsError(f"encoding {encoding!r} is not one of {', '.join(spec.ENCODINGS)}")
     model = _check_model(doc["model"])
     vocab = _check_vocab(doc["vocab"], model, encoding)
-    layers = doc["params"].get("layers") if isinstance(doc["params"], dict) else None
-    if isinstance(layers, list) and len(layers) != model["num_layers"]:  # before building
+    # the layer list first: the expected shapes are built per layer (num_layers may be 1e9)
+    if not isinstance(doc["params"], dict):
+        raise WeightsError("params must be an object")
+    if "layers" not in doc["params"]:
+        raise WeightsError("params is missing key 'layers'")
+    layers = doc["params"]["layers"]
+    if not isinstance(layers, list) or len(layers) != model["num_layers"]:
         raise WeightsError(f"params.layers must be a list of {model['num_layers']} layers")
     params = _check_params(doc["params"], spec.param_shapes(model))
     return params, dict(model), list(vocab), encoding
