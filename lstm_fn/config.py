@@ -86,7 +86,10 @@ class TrainConfig:
 
     def __post_init__(self):
         for name, kind in typing.get_type_hints(TrainConfig).items():
-            object.__setattr__(self, name, _typed(f"train.{name}", getattr(self, name), kind))
+            value = _typed(f"train.{name}", getattr(self, name), kind)
+            object.__setattr__(self, name, value)
+            if name != "seed" and isinstance(value, int) and value >= 2**31:
+                raise ConfigError(f"train.{name} must be < 2**31, got {value}")  # int32 on device
         positive = ("batch_size", "seq_len", "decay_steps", "plateau_patience", "eval_every",
                     "checkpoint_every", "keep_checkpoints", "steps", "epochs", "minutes",
                     "patience")
@@ -106,10 +109,6 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_chars", "sample_every", "sample_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        for name, kind in typing.get_type_hints(TrainConfig).items():
-            value = getattr(self, name)  # steps and counts live in int32 on the device
-            if name != "seed" and isinstance(value, int) and value >= 2**31:
-                raise ConfigError(f"train.{name} must be < 2**31, got {value}")
         if self.sample_length > MAX_SAMPLE_LENGTH:
             raise ConfigError(f"train.sample_length must be <= {MAX_SAMPLE_LENGTH:,} (a sample "
                               f"during training), got {self.sample_length}")

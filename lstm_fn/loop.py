@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shlex
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import jax
 import numpy as np
 
 from lstm_fn import checkpoint, data
+from lstm_fn.console import Progress, Signals, log
 from lstm_fn.optim import ValTracker
 from lstm_fn.parallel import batch_mesh
 from lstm_fn.train import (SAMPLE_STREAM, evaluate, make_train_step, state_layout,
@@ -40,81 +38,9 @@ class RunResult:
         return {"done": 0, "nonfinite": 3}.get(self.status, 128 + (self.signal or 0))
 
 
-def log(message: str) -> None:
-    _to_stderr(message + "\n")
-
-
-def _to_stderr(text: str) -> None:
-    """Write the log. When its reader has left (``lstm-fn pretrain ... 2>&1 | head``), the
-    rest of it goes to /dev/null and SIGPIPE is raised: in training, :class:`Signals` stops
-    the run as on SIGTERM (a checkpoint, then exit 141); elsewhere it is ignored."""
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except BrokenPipeError:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stderr.fileno())
-        os.close(null)
-        signal.raise_signal(signal.SIGPIPE)
-
-
 def resume_command(command: str, run_dir) -> str:
     """The command line that continues a run, quoted for the shell."""
     return f"lstm-fn {command} --resume --run-dir {shlex.quote(str(run_dir))}"
-
-
-class Signals:
-    """Records SIGINT / SIGTERM (and SIGPIPE, see :func:`_to_stderr`) so the loop can
-    checkpoint and stop between steps."""
-
-    def __enter__(self):
-        self.received = None
-        self.previous = {s: signal.signal(s, self._handle)
-                         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """One live status line on stderr (rewritten in place on a terminal, a line every 10 s
-    otherwise, so log files stay short)."""
-
-    def __init__(self, total_steps, minutes):
-        self.total, self.minutes = total_steps, minutes
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def show(self, step, loss, chars_per_s, lr, elapsed, force=False):
-        now = time.monotonic()
-        if not force and now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        remaining = []
-        if self.total:
-            remaining.append((self.total - step) * elapsed / max(step, 1))
-        if self.minutes:
-            remaining.append(self.minutes * 60 - elapsed)
-        eta = f" | ETA {_fmt_time(max(min(remaining), 0))}" if remaining else ""
-        of = f"/{self.total}" if self.total else ""
-        line = (f"step {step}{of} | loss {loss:.4f} | {chars_per_s:,.0f} chars/s | "
-                f"lr {lr:.2e}{eta}")
-        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
-
-    def newline(self):
-        if self.tty:
-            _to_stderr("\n")
 
 
 def _metrics_log(path, restored_step: int):

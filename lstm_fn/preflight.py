@@ -19,7 +19,7 @@ except ImportError:  # not a POSIX system: no lock
 
 from lstm_fn.config import ConfigError
 from lstm_fn.model import ModelConfig
-from reference_numpy import spec
+from reference_numpy.spec import FORMAT as WEIGHTS_FORMAT
 
 if TYPE_CHECKING:
     from lstm_fn.run import RunSpec
@@ -117,7 +117,7 @@ def check_out_holds_weights(out: Path) -> None:
             head = f.read(256).lstrip(b"\xef\xbb\xbf \t\r\n")
     except OSError:
         return  # not there yet (or unreadable: the write says so)
-    if not (head.startswith(b"{") and f'"{spec.FORMAT}"'.encode() in head):
+    if not (head.startswith(b"{") and f'"{WEIGHTS_FORMAT}"'.encode() in head):
         raise ConfigError(f"--out {str(out)!r} exists and is not a lstm_fn weights file; give "
                           "another file name (or remove that file first)")
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from lstm_fn import data
 from lstm_fn.config import STOPPING_RULES, ConfigError, TrainConfig
-from lstm_fn.loop import log, resume_command
+from lstm_fn.console import log
+from lstm_fn.loop import resume_command
 from reference_numpy.atomic import atomic_write
 
 if TYPE_CHECKING:

@@ -19,8 +19,9 @@ import numpy as np
 
 from lstm_fn import checkpoint, data, preflight, resume
 from lstm_fn.config import MODEL_FIELDS, ConfigError, TrainConfig
+from lstm_fn.console import log
 from lstm_fn.model import ModelConfig, init
-from lstm_fn.loop import RunResult, log, train_loop
+from lstm_fn.loop import RunResult, train_loop
 from lstm_fn.optim import make_schedule
 from lstm_fn.train import check_freeze, init_state
 from lstm_fn.vocab import Vocab
