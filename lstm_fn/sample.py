@@ -30,6 +30,10 @@ from lstm_fn.model import ModelConfig, apply
 from lstm_fn.vocab import Vocab
 
 
+# The smallest positive normal float32; lower temperatures act as this one (greedy in effect).
+SMALLEST_TEMPERATURE = float(np.finfo(np.float32).tiny)
+
+
 def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
                   top_k: int | None, top_p: jax.typing.ArrayLike | None) -> jax.Array:
     """Logits of the distribution a sampler draws from: scaled, then top-k, then nucleus.
@@ -45,13 +49,16 @@ def filter_logits(logits: jax.Array, *, temperature: jax.typing.ArrayLike,
 
     Args:
       logits: float ``[S, V]``.
-      temperature: scalar > 0 (may be traced).
+      temperature: scalar > 0 (may be traced); below :data:`SMALLEST_TEMPERATURE` it is
+        taken as that.
       top_k: int >= 1 or None (static: it is compared against ranks at trace time).
       top_p: scalar in ``(0, 1]`` or None (may be traced).
 
     Returns:
       float ``[S, V]``: ``z`` where kept, ``-inf`` elsewhere.
     """
+    # below the smallest normal float32 a temperature would flush to 0 and make 0 / 0
+    temperature = jnp.maximum(temperature, SMALLEST_TEMPERATURE)
     scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     if top_k is None and top_p is None:
         return scaled
@@ -232,6 +239,7 @@ def generate(params: dict, cfg: ModelConfig, prime_ids, length: int, *,
                    chunk_size, key)
     if greedy:  # one program for every greedy call, whatever the sampling options
         key, temperature, top_k, top_p = jax.random.key(0), 1.0, None, None
+    temperature = max(float(temperature), SMALLEST_TEMPERATURE)  # float32 on the device
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
     return _chunks(params, cfg, prime_ids.astype(np.int32), length, key, num_samples,
                    chunk_size, options)
