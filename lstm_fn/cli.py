@@ -86,7 +86,7 @@ def pretrain(corpus, config_path, run_dir, out, resume, data_dir, **options):
 
 
 @cli.command("fine-tune")
-@click.option("--from", "base_path", type=UserPath(dir_okay=False),
+@click.option("--from", "base_path", type=UserPath(exists=True, dir_okay=False),
               help="The JSON weights to start from (required; on --resume, the run's own).")
 @click.option("--out", type=UserPath(dir_okay=False),
               help="Where the best fine-tuned model is written [default: tuned.json; on "
@@ -150,13 +150,14 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
 
 
 @cli.command()
-@click.option("--from", "model_path", type=UserPath(dir_okay=False), required=True,
+@click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
               help="JSON weights of the model.")
 @click.option("--prime", help="Text to start from, or @FILE [default: a newline].")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to generate.")
 @click.option("--temperature", type=float, default=1.0, help="Below 1: safer, above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(1), help="Sample among the k most likely only.")
-@click.option("--top-p", type=float, help="Sample from the smallest set with this much probability.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
+              help="Sample from the smallest set with this much probability.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", type=click.IntRange(1), default=1, help="Independent samples.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
@@ -205,7 +206,7 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
 
 @cli.command("eval")
 @click.argument("corpus", required=False)
-@click.option("--from", "model_path", type=UserPath(dir_okay=False), required=True,
+@click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
               help="JSON weights of the model.")
 @click.option("--data-dir", type=UserPath(file_okay=False), default="data",
               help="Where corpus names are looked up and fetched to.")
@@ -261,7 +262,7 @@ def _eval_progress(total: int):
 
 
 @cli.command()
-@click.argument("model_path", type=UserPath(dir_okay=False))
+@click.argument("model_path", type=UserPath(exists=True, dir_okay=False))
 def info(model_path):
     """Architecture, parameter count and vocabulary of a weights file."""
     from lstm_fn.weights import load_weights

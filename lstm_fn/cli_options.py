@@ -6,6 +6,7 @@ value"), so the CLI, the config files and the dataclass cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -152,7 +153,9 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     given = frozenset(k for k, v in train_overrides.items() if v is not None) | set(doc["train"])
     if given & set(STOPPING_RULES):
         defaults = {k: v for k, v in defaults.items() if k != "steps"}
-    model, train = resolve(doc, model_overrides, train_overrides, defaults)
+    typed = {k for k, v in {**model_overrides, **train_overrides}.items() if v is not None}
+    with _named_as_typed(typed):
+        model, train = resolve(doc, model_overrides, train_overrides, defaults)
     if run_dir is None:
         if resume:
             raise click.UsageError("--resume needs --run-dir")
@@ -163,7 +166,8 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
                    Path("model.json" if command == "pretrain" else "tuned.json"), resume,
                    Path(data_dir), base_path and Path(base_path),
                    config_path and Path(config_path), given)
-    result = run(spec)
+    with _named_as_typed(typed):
+        result = run(spec)
     if result.message:
         click.echo(result.message, err=True)
     if result.status == "done":
@@ -176,3 +180,22 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
                        f"evaluation ({result.best_val:.4f} nats/char), and no evaluation since "
                        "beat it", err=True)
     sys.exit(result.exit_code)
+
+
+@contextlib.contextmanager
+def _named_as_typed(typed: set[str]):
+    """Errors about a setting given on the command line name it as its option (``--lr``, not
+    ``train.learning_rate``); a config file's settings keep their key."""
+    import re
+
+    from lstm_fn.config import ConfigError
+
+    flags = {**{f"train.{k}": v[0] for k, v in TRAIN_HELP.items()},
+             **{f"model.{k}": v[0] for k, v in MODEL_HELP.items()}}
+    try:
+        yield
+    except ValueError as error:
+        match = re.match(r"(?:train|model)\.(\w+)", str(error))
+        if not match or match.group(1) not in typed or match.group(0) not in flags:
+            raise
+        raise ConfigError(flags[match.group(0)] + str(error)[match.end():]) from None

@@ -112,23 +112,23 @@ def test_missing_config_file_is_named(tmp_path, short_corpus):
 
 
 @pytest.mark.parametrize("option, needles", [
-    (["--lr", "-1"], ["train.learning_rate", "(0, 10]", "-1"]),
-    (["--lr", "11"], ["train.learning_rate", "(0, 10]"]),
-    (["--layers", "0"], ["model.num_layers", ">= 1", "got 0"]),
-    (["--hidden-size", "-4"], ["model.hidden_size", ">= 1"]),
-    (["--dropout", "1.0"], ["model.dropout", "[0, 1)", "1.0"]),
-    (["--batch-size", "0"], ["train.batch_size", "> 0"]),
-    (["--val-fraction", "0.7"], ["train.val_fraction", "[0, 0.5]"]),
-    (["--grad-clip", "-1"], ["train.grad_clip", "[0, inf]"]),
-    (["--eval-chars", "-1"], ["train.eval_chars", ">= 0"]),
-    (["--optimizer", "lbfgs"], ["train.optimizer", "adam, adamw, sgd, rmsprop"]),
-    (["--freeze", "middle"], ["train.freeze", "'middle'"]),
-    (["--warmup-steps", str(2**31)], ["train.warmup_steps", "< 2**31"]),  # int32 on device
-    (["--sample-length", "100001"], ["train.sample_length", "<= 100,000"]),
-    (["--layers", "257"], ["model.num_layers", "<= 256"]),
-    (["--patience", "0"], ["train.patience", "> 0"]),
+    (["--lr", "-1"], ["--lr must", "(0, 10]", "-1"]),
+    (["--lr", "11"], ["--lr must", "(0, 10]"]),
+    (["--layers", "0"], ["--layers must", ">= 1", "got 0"]),
+    (["--hidden-size", "-4"], ["--hidden-size must", ">= 1"]),
+    (["--dropout", "1.0"], ["--dropout must", "[0, 1)", "1.0"]),
+    (["--batch-size", "0"], ["--batch-size must", "> 0"]),
+    (["--val-fraction", "0.7"], ["--val-fraction must", "[0, 0.5]"]),
+    (["--grad-clip", "-1"], ["--grad-clip must", "[0, inf]"]),
+    (["--eval-chars", "-1"], ["--eval-chars must", ">= 0"]),
+    (["--optimizer", "lbfgs"], ["--optimizer must", "adam, adamw, sgd, rmsprop"]),
+    (["--freeze", "middle"], ["--freeze entries", "'middle'"]),
+    (["--warmup-steps", str(2**31)], ["--warmup-steps must", "< 2**31"]),  # int32 on device
+    (["--sample-length", "100001"], ["--sample-length must", "<= 100,000"]),
+    (["--layers", "257"], ["--layers must", "<= 256"]),
+    (["--patience", "0"], ["--patience must", "> 0"]),
 ])
-def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus, option,
+def test_out_of_range_training_option_names_option_and_range(tmp_path, short_corpus, option,
                                                            needles):
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "5", *option,
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
@@ -137,8 +137,8 @@ def test_out_of_range_training_option_names_key_and_range(tmp_path, short_corpus
 
 
 @pytest.mark.parametrize("option, needles", [
-    (["--top-p", "0"], ["top_p", "(0, 1]", "0.0"]),
-    (["--top-p", "1.5"], ["top_p", "(0, 1]", "1.5"]),
+    (["--top-p", "0"], ["'--top-p'", "0<x<=1", "0.0"]),
+    (["--top-p", "1.5"], ["'--top-p'", "0<x<=1", "1.5"]),
     (["--temperature", "0"], ["temperature must be > 0 and finite unless greedy"]),
     (["--temperature", "inf"], ["temperature must be > 0 and finite", "inf"]),
     (["--temperature", "-2"], ["temperature must be > 0"]),
@@ -232,8 +232,11 @@ def test_damaged_weights_file_is_refused_by_key(tmp_path, model_file, command, c
 
 
 def test_missing_weights_file_is_named(tmp_path):
-    assert_refused(invoke("info", tmp_path / "gone.json"), "No such file", "gone.json")
-    assert_refused(invoke("sample", "--from", tmp_path / "gone.json"), "gone.json")
+    assert_refused(invoke("info", tmp_path / "gone.json"), "MODEL_PATH", "gone.json",
+                   "does not exist")
+    for command in ("sample", "eval", "fine-tune"):
+        assert_refused(invoke(command, "--from", tmp_path / "gone.json"), "'--from'",
+                       "gone.json", "does not exist")
 
 
 # ------------------------------------------------------------------------------ fine-tune

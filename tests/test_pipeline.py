@@ -118,7 +118,7 @@ def test_fine_tune_adds_new_characters(trained, tmp_path):
 def test_fine_tune_refuses_a_different_architecture(trained, corpus, tmp_path):
     result = lstm_fn("fine-tune", corpus, "--from", trained / "model.json", "--hidden-size", "64",
                      "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json")
-    assert result.returncode == 2 and "model.hidden_size" in result.stderr
+    assert result.returncode == 2 and "model.hidden_size = 32" in result.stderr
 
 
 def run_args(corpus, work, steps, eval_every=None):
