@@ -78,6 +78,11 @@ def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, short
     run2 = ["--run-dir", tmp_path / "run2", *run[2:]]
     assert invoke("fine-tune", short_corpus, "--from", base, "--out", tmp_path / "t2.json",
                   *run2).exit_code == 0
+    params, cfg, vocab = lstm_fn.load_weights(model_file)  # same shapes, one symbol differs
+    lstm_fn.save_weights(base, params, cfg, lstm_fn.Vocab.from_symbols(
+        [*vocab.symbols[:-1], "~"], "chars"))
+    assert_refused(invoke("fine-tune", "--resume", *run2[:2], "--steps", "4"),
+                   "not the model this run fine-tunes")
     base.write_bytes((tmp_path / "gru.json").read_bytes())
     assert_refused(invoke("fine-tune", "--resume", *run2[:2], "--steps", "4"),
                    "not the model this run fine-tunes")
@@ -265,3 +270,22 @@ def test_a_finished_run_resumed_without_limits_keeps_its_own(tmp_path, short_cor
     assert result.exit_code == 0, result.output
     assert last_checkpoint(tmp_path / "run") == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 2
+
+
+def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
+    """A learning rate far too high makes the last model worse than the best one; the
+    reported test loss is the best model's, computed here from the saved file."""
+    import re
+
+    from lstm_fn import data
+    from lstm_fn.train import evaluate
+
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "6", "--eval-every", "2",
+                    "--lr", "1.0", "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert not _metrics(tmp_path / "run")[-1]["best"]  # the last model is not the best
+    shown = re.search(r"test split \(best model\): ([\d.]+) nats/char", result.stderr)
+    params, cfg, vocab = lstm_fn.load_weights(tmp_path / "m.json")
+    _, _, test_ids = data.split(vocab.encode(SHORT_TEXT))
+    assert float(shown.group(1)) == pytest.approx(evaluate(params, cfg, test_ids, 4, 16),
+                                                  abs=1e-4)
