@@ -5,16 +5,40 @@
     carry = initial_state(cfg, batch_size)
     logits, carry = apply(params, cfg, tokens, carry)        # tokens int32 [B, T] -> [B, T, V]
     loss_value, carry = loss(params, cfg, tokens, targets, carry)
+
+The names below, and the submodules (``lstm_fn.train``, ``lstm_fn.sample``, ...), are
+imported on first use, so the command line starts (and answers ``--help``) without JAX.
 """
 
-from lstm_fn.cells import CELLS, HiddenState, LSTMState
-from lstm_fn.vocab import Vocab
-from lstm_fn.model import ModelConfig, apply, dropout_masks, init, initial_state, loss
-from lstm_fn.weights import WeightsError, load_weights, save_weights
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CELLS", "HiddenState", "LSTMState", "ModelConfig", "Vocab", "WeightsError",
-    "apply", "dropout_masks", "init", "initial_state", "load_weights", "loss", "save_weights",
-]
+# Each public name and the module that defines it.
+_HOMES = {
+    "CELLS": "cells", "HiddenState": "cells", "LSTMState": "cells",
+    "ModelConfig": "config", "Vocab": "vocab",
+    "apply": "model", "dropout_masks": "model", "init": "model", "initial_state": "model",
+    "loss": "model",
+    "WeightsError": "weights", "load_weights": "weights", "save_weights": "weights",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        value = getattr(importlib.import_module(f"lstm_fn.{_HOMES[name]}"), name)
+    else:
+        try:
+            value = importlib.import_module(f"lstm_fn.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"lstm_fn.{name}":
+                raise
+            raise AttributeError(f"module 'lstm_fn' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_HOMES})

@@ -61,7 +61,7 @@ class _Quiet(logging.Filter):
 logging.getLogger("absl").addFilter(_Quiet())
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """Checkpoints exist but none can be used, or the folder holds something else."""
 
 

@@ -6,11 +6,8 @@ import sys
 
 import click
 
-from lstm_fn.checkpoint import CheckpointError
+from lstm_fn.cli_options import Command, UserPath, run_command, run_options
 from lstm_fn.cli_study import gradcheck, gradnorms
-from lstm_fn.cli_options import UserPath, run_command, run_options
-from lstm_fn.vocab import CorpusError
-from reference_numpy.weights import WeightsError
 
 
 # Train defaults of the commands where they differ from TrainConfig's (steps only applies
@@ -25,12 +22,15 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-# Errors that mean "the input is wrong", shown as one line unless --debug.
-INPUT_ERRORS = (CorpusError, WeightsError, ValueError, OSError, CheckpointError)
+# Errors that mean "the input is wrong", shown as one line unless --debug (CorpusError,
+# WeightsError, ConfigError and CheckpointError are ValueErrors).
+INPUT_ERRORS = (ValueError, OSError)
 
 
 class App(click.Group):
     """Turns input errors into one-line messages; ``--debug`` shows the traceback instead."""
+
+    command_class = Command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -289,11 +289,11 @@ def plot(run_dir):
 
 
 def main():
-    from lstm_fn.cli_setup import prepare_process
+    from lstm_fn.cli_setup import prepare_jax, prepare_process
 
     try:
         prepare_process()
-        cli(prog_name="lstm-fn")
+        cli(prog_name="lstm-fn", obj=prepare_jax)
     except KeyboardInterrupt:  # Ctrl-C while starting up, before the commands run
         print("interrupted", file=sys.stderr)
         sys.exit(130)

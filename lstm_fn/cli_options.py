@@ -12,6 +12,17 @@ import sys
 import click
 
 
+class Command(click.Command):
+    """A command that runs the set-up its entry point passes as ``obj`` (JAX's devices and
+    compilation cache) just before it starts, so ``--help`` never imports JAX."""
+
+    def invoke(self, ctx: click.Context):
+        prepare = ctx.find_root().obj
+        if callable(prepare):
+            prepare()
+        return super().invoke(ctx)
+
+
 class UserPath(click.Path):
     """A path option or argument with a leading ``~`` expanded, as the shell does for a
     separate word but not in ``--out=~/x`` (which would make a folder named ``~``)."""
@@ -75,8 +86,7 @@ def _model_options(command, shown: dict):
     help shows ``shown`` where given, else ModelConfig's own default."""
     import dataclasses
 
-    from lstm_fn.config import MODEL_FIELDS
-    from lstm_fn.model import ModelConfig
+    from lstm_fn.config import MODEL_FIELDS, ModelConfig
 
     builtin = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
     for name, (flag, text) in reversed(MODEL_HELP.items()):

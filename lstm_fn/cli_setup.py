@@ -17,12 +17,16 @@ MAX_CPU_DEVICES = 256
 
 
 def prepare_process() -> None:
-    """Everything before the first JAX computation, in the order JAX needs it."""
+    """What every invocation needs first, ``--help`` too; JAX is not imported."""
     from lstm_fn.host import reuse_freed_memory
 
     standard_streams()
     reuse_freed_memory()  # before JAX's first computation starts its threads
-    use_cpu_devices()  # and before it fixes its devices
+
+
+def prepare_jax() -> None:
+    """What a command needs before its first JAX computation, in the order JAX needs it."""
+    use_cpu_devices()  # before JAX fixes its devices
     enable_compilation_cache()
     check_backend()
 

@@ -6,8 +6,10 @@ import sys
 
 import click
 
+from lstm_fn.cli_options import Command
 
-@click.command()
+
+@click.command(cls=Command)
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "all"]), default="all")
 @click.option("--layers", "num_layers", type=click.IntRange(1, 8), default=2)
 @click.option("--steps", type=click.IntRange(1, 500), default=30, help="Sequence length T.")
@@ -44,7 +46,7 @@ def gradcheck(cell, num_layers, steps, hidden_size, dropout, seed):
     sys.exit(1 if failed else 0)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--steps", type=click.IntRange(2, 1000), default=50, help="Sequence length T.")
 @click.option("--layers", "num_layers", type=click.IntRange(1, 8), default=1,
               help="Stacked layers; the top layer's state is shown.")

@@ -11,6 +11,7 @@ import codecs
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -30,6 +31,52 @@ MODEL_FIELDS = {"cell": str, "embed_size": int, "hidden_size": int, "num_layers"
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
+
+
+# Each layer is its own part of the traced program: thousands would take minutes to compile.
+MAX_LAYERS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a model. ``dropout`` is the drop probability applied to every
+    layer's output sequence during training (0 disables it); it is not part of a weights file."""
+
+    cell: str = "lstm"
+    vocab_size: int = 65
+    embed_size: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        spec.num_gates(self.cell)
+        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers too, stored as int
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"model.num_layers must be <= {MAX_LAYERS} (each layer is a "
+                             f"separate part of the compiled program), got {self.num_layers}")
+        if self.vocab_size < 2:
+            raise ValueError(f"model.vocab_size must be >= 2, got {self.vocab_size}")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real)
+                or not 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+    def architecture(self) -> dict:
+        """The JSON ``model`` dict: the fields a weights file records."""
+        return {k: getattr(self, k) for k in spec.MODEL_KEYS}
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        shapes = spec.param_shapes(self.architecture())
+        return sum(math.prod(shape) for shape in (
+            shapes["embed"], *shapes["head"].values(),
+            *(shape for layer in shapes["layers"] for shape in layer.values())))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ except ImportError:  # not a POSIX system: no lock
     fcntl = None
 
 from lstm_fn.config import ConfigError
-from lstm_fn.model import ModelConfig
+from lstm_fn.config import ModelConfig
 from reference_numpy.spec import FORMAT as WEIGHTS_FORMAT
 
 if TYPE_CHECKING:

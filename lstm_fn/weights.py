@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm_fn.vocab import Vocab
-from lstm_fn.model import ModelConfig
+from lstm_fn.config import ModelConfig
 from reference_numpy.weights import WeightsError, read_weights, write_weights
 
 __all__ = ["WeightsError", "save_weights", "load_weights"]

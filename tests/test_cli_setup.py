@@ -121,3 +121,13 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert result.stderr.startswith("Error: loss plot not written: ")
     assert "matplotlib" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_help_starts_without_jax():
+    """``--help`` answers before JAX is imported (it took seconds to load), and the package's
+    public names still import on use."""
+    code = ("import sys, lstm_fn, lstm_fn.cli\n"
+            "assert 'jax' not in sys.modules, 'jax imported'\n"
+            "assert lstm_fn.ModelConfig is lstm_fn.config.ModelConfig\n"
+            "assert callable(lstm_fn.train.evaluate) and 'jax' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

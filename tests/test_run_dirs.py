@@ -18,7 +18,7 @@ def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, short_corpus
     before anything is written, and a run that wrote only its config can be started again."""
     run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
     assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--freeze", "5", *run),
-                   "train.freeze names layer 5")
+                   "--freeze names layer 5")
     assert_refused(invoke("pretrain", short_corpus, *TINY, "--minutes", "1", "--schedule", "cosine",
                           *run), "cosine")
     assert not (tmp_path / "run").exists()

@@ -155,7 +155,7 @@ def test_freezing_every_part_is_refused(tmp_path, short_corpus):
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--freeze", "embed",
                     "--freeze", "head", "--freeze", "0", "--freeze", "1",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
-    assert_refused(result, "train.freeze names every part", "nothing would train")
+    assert_refused(result, "--freeze names every part", "nothing would train")
 
 
 def test_a_refused_fine_tune_that_adds_characters_is_still_one_line(tmp_path, model_file):
