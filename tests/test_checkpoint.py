@@ -69,6 +69,10 @@ def damage(path: Path, how: str) -> None:
         meta["digest"] = "0" * len(meta["digest"])
         (path / "meta" / "metadata").write_text(json.dumps(meta))
         return
+    if how == "forge_format":  # a meta item of another layout
+        meta = json.loads((path / "meta" / "metadata").read_text())
+        (path / "meta" / "metadata").write_text(json.dumps(dict(meta, format=2)))
+        return
     files = [p for p in path.rglob("*") if p.is_file()]
     if how == "flip_bytes":  # inside array data, where orbax itself checks nothing
         files = [p for p in files if p.parent.name == "d"]
@@ -100,6 +104,13 @@ def test_round_trip_is_bitwise(tmp_path):
     assert checkpoint.tree_digest(older.state) != checkpoint.tree_digest(got.state)
 
 
+def test_digest_covers_tree_paths_and_dtypes():
+    zeros = np.zeros(4, np.float32)
+    digests = {checkpoint.tree_digest(tree) for tree in (
+        {"a": zeros}, {"b": zeros}, {"a": zeros.view(np.int32)}, {"a": zeros.reshape(2, 2)})}
+    assert len(digests) == 4
+
+
 def test_missing_or_empty_folder_means_no_checkpoint(tmp_path):
     assert checkpoint.restore(tmp_path / "absent", ABSTRACT) is None
     assert checkpoint.restore(tmp_path, ABSTRACT) is None
@@ -118,6 +129,7 @@ def test_keeps_newest_n(tmp_path):
 @pytest.mark.parametrize("how, reason", [("truncate", ""), ("remove_item", "state"),
                                          ("garble_meta", "JSONDecodeError"),
                                          ("forge_digest", "digest mismatch"),
+                                         ("forge_format", "checkpoint format 2"),
                                          ("flip_bytes", "digest mismatch|error while reading")])
 def test_damaged_newest_falls_back_and_reports(tmp_path, how, reason):
     save_steps(tmp_path, [1, 2])

@@ -73,6 +73,14 @@ def test_relative_name_falls_back_to_data_dir(tmp_path):
     assert load_corpus("mine.txt", data_dir=tmp_path).text == "héllo wörld"
 
 
+def test_a_path_that_exists_wins_over_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, b"here", "same.txt")
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data", b"in data", "same.txt")
+    assert load_corpus("same.txt", data_dir=tmp_path / "data").text == "here"
+
+
 def test_bytes_mode_takes_any_file_but_not_an_empty_one(tmp_path):
     raw = b"\x00\xff\xfe\r\nabc\x80"
     corpus = load_corpus(str(write(tmp_path, raw)), encoding="bytes")
@@ -115,6 +123,14 @@ def test_fetch_of_wrong_file_is_refused_and_not_saved(tmp_path, monkeypatch):
         load_corpus("tinyshakespeare", data_dir=data_dir)
     assert str((data_dir / "tinyshakespeare.txt").resolve()) in str(err.value)
     assert not (data_dir / "tinyshakespeare.txt").exists()
+
+
+def test_fetch_of_the_file_with_more_after_it_is_refused(tmp_path, monkeypatch):
+    """A download that starts as the corpus but goes on is not the corpus."""
+    expected = b"the corpus\n"
+    fake_remote(monkeypatch, write(tmp_path, expected + b"and more", "source.txt"), expected)
+    with pytest.raises(CorpusError, match="does not match"):
+        load_corpus("tinyshakespeare", data_dir=tmp_path / "data")
 
 
 def test_offline_says_how_to_place_the_file(tmp_path):

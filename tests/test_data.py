@@ -38,7 +38,8 @@ def reference_streams(ids, batch_size):
     return [ids[b * row_len:(b + 1) * row_len + 1] for b in range(batch_size)]
 
 
-@pytest.mark.parametrize("n, batch_size, seq_len", [(101, 4, 5), (1000, 3, 7), (9, 1, 8)])
+@pytest.mark.parametrize("n, batch_size, seq_len", [(101, 4, 5), (1000, 3, 7), (9, 1, 8),
+                                                    (80, 4, 10)])  # n % B == 0: L is 19, not 20
 def test_train_batches_walk_each_stream(n, batch_size, seq_len):
     ids = np.arange(n) * 3 % 97  # distinct neighbours, repeated values
     streams = reference_streams(ids, batch_size)
@@ -153,3 +154,4 @@ def test_nats_to_metrics():
     assert metrics["bpc"] == pytest.approx(1.0)
     assert metrics["perplexity"] == pytest.approx(2.0)
     assert nats_to_metrics(1e6)["perplexity"] == math.inf
+    assert nats_to_metrics(699.0)["perplexity"] == pytest.approx(math.exp(699.0))  # finite

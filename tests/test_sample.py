@@ -126,6 +126,13 @@ def test_output_does_not_depend_on_chunk_size(cell, monkeypatch):
     np.testing.assert_array_equal(ids_of(chunks), ids_of(pairs))
 
 
+def test_a_noise_budget_below_one_step_still_takes_one_step_per_chunk(monkeypatch):
+    cfg, params = model("rnn")
+    monkeypatch.setattr(sample, "NOISE_BUDGET", 1)
+    chunks = list(generate(params, cfg, PRIME, 3, key=jax.random.key(0), num_samples=2))
+    assert [c.shape for c in chunks] == [(2, 1)] * 3
+
+
 def test_samples_differ_per_row_and_repeat_per_seed():
     cfg, params = model("gru", scale=1.0)
     draw = lambda seed: ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(seed),
@@ -138,7 +145,7 @@ def test_samples_differ_per_row_and_repeat_per_seed():
 
 
 @pytest.mark.parametrize("cell, options", [(cell, dict()) for cell in CELLS] + [
-    ("lstm", dict(temperature=1.5, top_k=6, top_p=0.8))], ids=str)
+    ("lstm", dict(temperature=1.5, top_k=6, top_p=0.8)), ("gru", dict(temperature=0.5))], ids=str)
 def test_first_token_frequencies_match_softmax(cell, options):
     cfg, params = model(cell, scale=1.5)
     n = 4000

@@ -81,6 +81,12 @@ def test_plateau_and_patience():
     assert tracker.out_of_patience and tracker.best == 2.0
 
 
+def test_an_equal_loss_is_not_an_improvement():
+    tracker = ValTracker(TrainConfig(steps=1, patience=1))
+    assert tracker.update(2.0) and not tracker.update(2.0)
+    assert tracker.best == 2.0 and tracker.out_of_patience
+
+
 @pytest.mark.parametrize("optimizer, precision", [
     ("adam", "float32"), ("adamw", "float32"), ("sgd", "float32"), ("rmsprop", "float32"),
     ("adam", "bfloat16")])
@@ -238,6 +244,22 @@ def test_config_precedence_and_refusals(tmp_path):
         with pytest.raises(ConfigError, match=message):
             resolve({"model": {}, "train": {}, **bad}, {}, {}, {"steps": 1})
     assert math.isclose(TrainConfig(steps=1, learning_rate=1).learning_rate, 1.0)
+
+
+@pytest.mark.parametrize("field, message", [
+    (dict(test_fraction=0.6), r"train.test_fraction must be in \[0, 0.5\]"),
+    (dict(plateau_factor=1.0), r"train.plateau_factor must be in \(0, 1\)"),
+    (dict(seed=2**32), r"train.seed must be in \[0, 2\*\*32\)"),
+    (dict(steps=True), "train.steps must be int, got True"),
+])
+def test_config_refuses_values_just_past_an_edge(field, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{"steps": 1, **field})
+
+
+def test_config_accepts_values_at_an_edge_and_normalizes_layer_numbers():
+    tcfg = TrainConfig(steps=1, seed=2**32 - 1, sample_length=100_000, freeze=["01", "head"])
+    assert (tcfg.seed, tcfg.sample_length, tcfg.freeze) == (2**32 - 1, 100_000, ("1", "head"))
 
 
 def test_plateau_scales_once_per_patience():

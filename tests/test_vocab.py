@@ -72,9 +72,10 @@ def test_from_symbols_validates(symbols, encoding, expected):
         Vocab.from_symbols(symbols, encoding)
 
 
-def test_lone_surrogates_are_not_symbols():
+@pytest.mark.parametrize("surrogate", ["\ud800", "\udfff"])
+def test_lone_surrogates_are_not_symbols(surrogate):
     with pytest.raises(CorpusError, match="lone surrogate"):
-        Vocab.from_text("ab\ud800")
+        Vocab.from_text("ab" + surrogate)
 
 
 def test_from_symbols_accepts_stored_vocabs():

@@ -85,7 +85,10 @@ def mutate(doc, mutation):
     (("set", ["params", "head", "b"], [0.0]), r"params.head.b has shape \[1\]"),
     (("set", ["params", "embed", 0, 0], "x"), "params.embed is not a rectangular array"),
     (("set", ["params", "embed", 0, 0], 1e39), "params.embed holds a value that is not a finite"),
-    (("set", ["encoding"], "utf-16"), "encoding"),
+    (("set", ["encoding"], "utf-16"), "encoding 'utf-16' is not one of"),  # numpy's check
+    (("set", ["encoding"], "bytes"), "vocab of a bytes-encoded model"),  # numpy's check
+    (("set", ["model", "vocab_size"], "14"), "model.vocab_size must be a positive integer"),
+    (("set", ["vocab", 1], "\ud800"), "lone surrogate"),  # numpy reads it, Vocab refuses it
 ])
 def test_malformed_files_are_refused_by_key(tmp_path, mutation, message):
     path, _, _ = saved_model(tmp_path)
@@ -93,6 +96,13 @@ def test_malformed_files_are_refused_by_key(tmp_path, mutation, message):
     path.write_text(json.dumps(doc))
     with pytest.raises(WeightsError, match=message):
         lstm_fn.load_weights(path)
+
+
+def test_a_bytes_model_loads_with_its_bytes_vocabulary(tmp_path):
+    cfg = lstm_fn.ModelConfig("rnn", 256, embed_size=2, hidden_size=3, num_layers=1)
+    lstm_fn.save_weights(tmp_path / "b.json", lstm_fn.init(jax.random.key(0), cfg), cfg,
+                         Vocab.bytes())
+    assert lstm_fn.load_weights(tmp_path / "b.json")[2] == Vocab.bytes()
 
 
 @pytest.mark.parametrize("text, message", [
