@@ -152,7 +152,8 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
 @cli.command()
 @click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
               help="JSON weights of the model.")
-@click.option("--prime", help="Text to start from, or @FILE [default: a newline].")
+@click.option("--prime", help="Text to start from, or @FILE [default: a newline, or the "
+                              "first symbol of a vocabulary without one].")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to generate.")
 @click.option("--temperature", type=float, default=1.0, help="Below 1: safer, above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(1), help="Sample among the k most likely only.")
@@ -210,13 +211,20 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
               help="JSON weights of the model.")
 @click.option("--data-dir", type=UserPath(file_okay=False), default="data",
               help="Where corpus names are looked up and fetched to.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, help="Parallel streams.")
-@click.option("--seq-len", type=click.IntRange(1), default=256, help="Window length.")
+@click.option("--batch-size", type=click.IntRange(1), default=32,
+              help="Streams the text is cut into, scored in parallel, each from a zero state: "
+                   "1 reads it as one stream (exact, slowest).")
+@click.option("--seq-len", type=click.IntRange(1), default=256,
+              help="Window length; the state is carried across windows, so it changes "
+                   "speed and memory only.")
 def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     """Loss, bits per character and perplexity of a model on all of CORPUS.
 
     CORPUS is read as pretrain reads it: a text file, a file name under --data-dir,
     'tinyshakespeare', or nothing for the built-in corpus (Python's own documentation text).
+    Every character after the first is predicted once. The text is cut into --batch-size
+    contiguous streams, each starting from a zero state, so the figure depends slightly on
+    it; --batch-size 1 scores the text as one stream.
     """
     from lstm_fn import data
     from lstm_fn.train import evaluate
@@ -230,7 +238,9 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
         raise BadInput("the corpus needs at least 2 characters to predict one")
     metrics = data.nats_to_metrics(evaluate(params, cfg, ids, batch_size, seq_len,
                                             on_window=_eval_progress(len(ids) - 1)))
-    click.echo(f"{text.name}: {len(ids) - 1:,} predictions | loss {metrics['loss']:.4f} "
+    streams = min(batch_size, len(ids) - 1)  # as evaluate clips it
+    click.echo(f"{text.name}: {len(ids) - 1:,} predictions in {streams} stream(s) | loss "
+               f"{metrics['loss']:.4f} "
                f"nats/char | {metrics['bpc']:.4f} bits/char | perplexity "
                f"{metrics['perplexity']:.3f}")
 

@@ -46,8 +46,9 @@ TRAIN_HELP = {
                      "gradient, as torch.optim does) with the others."),
     "momentum": ("--momentum", "Momentum (sgd only)."),
     "grad_clip": ("--grad-clip", "Clip gradients to this global norm (0: off)."),
-    "schedule": ("--schedule", "constant, cosine (warmup + cosine), exponential, plateau."),
-    "warmup_steps": ("--warmup-steps", "Linear warmup length."),
+    "schedule": ("--schedule", "constant, cosine (down to --min-lr-ratio at the last step; "
+                 "needs --steps or --epochs), exponential, plateau."),
+    "warmup_steps": ("--warmup-steps", "Linear warmup length, before any schedule."),
     "min_lr_ratio": ("--min-lr-ratio", "cosine: final rate as a fraction of the peak."),
     "decay_rate": ("--decay-rate", "exponential: factor per --decay-steps."),
     "decay_steps": ("--decay-steps", "exponential: steps per decay."),

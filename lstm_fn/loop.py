@@ -168,7 +168,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             progress.newline()
-            log(f"step {step}: train {train_loss:.4f}, val {val:.4f} nats/char "
+            scored = "val" if len(val_ids) > 1 else "val (no validation split: the training loss)"
+            log(f"step {step}: train {train_loss:.4f}, {scored} {val:.4f} nats/char "
                 f"({val / math.log(2):.3f} bpc){' *best, saved ' + str(spec.out) if improved else ''}")
             return True
 
@@ -229,6 +230,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                                              tcfg.seq_len))
         log(f"test split (best model): {test['loss']:.4f} nats/char, {test['bpc']:.3f} bpc, "
             f"perplexity {test['perplexity']:.2f}")
+    elif status == "done" and spec.out.exists():
+        log(f"test split: {len(test_ids)} character(s), nothing to score; raise "
+            "--test-fraction or use a longer corpus")
     try:
         from lstm_fn.plot import plot_run
         plot_run(spec.run_dir)

@@ -45,7 +45,8 @@ def make_schedule(cfg: TrainConfig, total_steps: int | None):
     lr = cfg.learning_rate
     if cfg.schedule == "cosine":
         if not total_steps:
-            raise ValueError("schedule 'cosine' needs a known length: set train.steps or epochs")
+            raise ValueError("schedule 'cosine' needs a known length: give --steps or --epochs "
+                             "(train.steps or train.epochs in a config)")
         # Full rate at the first step after warmup, min_lr_ratio of it at the last step run.
         span = max(total_steps - 1 - cfg.warmup_steps, 1)
 

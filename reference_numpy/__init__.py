@@ -1,7 +1,7 @@
 """Plain-numpy twin of lstm_fn: forward and hand-written backpropagation through time.
 
 An independent oracle for the JAX model: imports nothing but numpy, the standard library
-and its own ``spec``. The per-step math of each cell is in ``cells``; the time loop, stacking,
+and its own ``spec`` (``interop.torch_module`` imports PyTorch when called). The per-step math of each cell is in ``cells``; the time loop, stacking,
 loss and BPTT in ``model``; finite differences in ``gradcheck``; text generation in
 ``sample``; PyTorch's names for the weights in ``interop``.
 """

@@ -289,3 +289,15 @@ def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
     _, _, test_ids = data.split(vocab.encode(SHORT_TEXT))
     assert float(shown.group(1)) == pytest.approx(evaluate(params, cfg, test_ids, 4, 16),
                                                   abs=1e-4)
+
+
+def test_without_held_out_splits_the_training_loss_is_named_as_such(tmp_path, short_corpus):
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2",
+                    "--val-fraction", "0", "--test-fraction", "0", "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert "the validation split is empty" in result.stderr
+    assert "val (no validation split: the training loss)" in result.stderr
+    assert "test split: 0 character(s), nothing to score" in result.stderr
+    [record] = _metrics(tmp_path / "run")
+    assert record["val_loss"] == record["train_loss"]

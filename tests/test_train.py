@@ -284,3 +284,4 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
     result = invoke("eval", short_corpus, "--from", model_file, "--batch-size", "1",
                     "--seq-len", "50")
     assert result.exit_code == 0 and f"loss {want:.4f} nats/char" in result.output, result.output
+    assert f"{len(ids) - 1:,} predictions in 1 stream(s)" in result.output
