@@ -12,6 +12,12 @@ import sys
 import click
 
 
+class BadInput(click.ClickException):
+    """Bad input from the user: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
 class Command(click.Command):
     """A command that runs the set-up its entry point passes as ``obj`` (JAX's devices and
     compilation cache) just before it starts, so ``--help`` never imports JAX."""
