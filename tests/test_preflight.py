@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+import lstm_fn
+
 from conftest import TINY, assert_refused, invoke, listing, lstm_fn_command
 
 
@@ -92,6 +94,14 @@ def test_out_replaces_only_a_weights_file(corpus, tmp_path, finished_run):
         assert_refused(result, "is not a lstm_fn weights file", out.name)
         assert not (tmp_path / run).exists()
     assert notes.read_text() == "my notes\n" and record.read_bytes() == before
+    # a weights file saved by an editor with a byte order mark and a blank line still loads,
+    # so it may be replaced
+    from lstm_fn.preflight import check_out_holds_weights
+
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(b"\xef\xbb\xbf\n" + (finished_run / "model.json").read_bytes())
+    lstm_fn.load_weights(edited)
+    check_out_holds_weights(edited)
 
 
 def test_room_on_disk_counts_what_the_run_already_holds(corpus, tmp_path, monkeypatch):
