@@ -180,6 +180,12 @@ def test_compiled_programs_are_reused():
     size = generate_chunk._cache_size()
     run(key=jax.random.key(1), temperature=0.5)  # traced options: the same program
     assert generate_chunk._cache_size() == size
+    greedy = lambda **kw: ids_of(generate(params, cfg, PRIME, 8, chunk_size=4, greedy=True,
+                                          **kw))
+    greedy()
+    size = generate_chunk._cache_size()
+    greedy(top_k=3, top_p=0.5, temperature=0.1)  # ignored when greedy: the same program
+    assert generate_chunk._cache_size() == size
 
 
 @pytest.mark.parametrize("bad, message", [
