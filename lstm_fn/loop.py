@@ -144,7 +144,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
             nonlocal saved_best, evaluated_at
             evaluated_at = step
             train_loss = float(np.mean(losses)) if losses else float("nan")
-            val = (evaluate(state["params"], cfg, val_ids, tcfg.batch_size, tcfg.seq_len,
+            streams = data.eval_streams(len(val_ids) - 1, tcfg.batch_size)
+            val = (evaluate(state["params"], cfg, val_ids, streams, tcfg.seq_len,
                             tcfg.eval_chars or None) if len(val_ids) > 1 else train_loss)
             if not math.isfinite(val):
                 stop_nonfinite(f"validation loss became {val}")
@@ -226,8 +227,8 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
     if status == "done" and len(test_ids) > 1 and spec.out.exists():
         from lstm_fn.weights import load_weights
         best_params, _, _ = load_weights(spec.out)
-        test = data.nats_to_metrics(evaluate(best_params, cfg, test_ids, tcfg.batch_size,
-                                             tcfg.seq_len))
+        streams = data.eval_streams(len(test_ids) - 1, tcfg.batch_size)
+        test = data.nats_to_metrics(evaluate(best_params, cfg, test_ids, streams, tcfg.seq_len))
         log(f"test split (best model): {test['loss']:.4f} nats/char, {test['bpc']:.3f} bpc, "
             f"perplexity {test['perplexity']:.2f}")
     elif status == "done" and spec.out.exists():

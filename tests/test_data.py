@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lstm_fn.data import (CorpusError, check_batch_fits, eval_batches, nats_to_metrics, split,
-                          train_batch, windows_per_epoch)
+from lstm_fn.data import (MIN_EVAL_STREAM, CorpusError, check_batch_fits, eval_batches,
+                          eval_streams, nats_to_metrics, split, train_batch, windows_per_epoch)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 1001])
@@ -146,6 +146,13 @@ def test_eval_batches_with_repeated_tokens_count_pairs():
 def test_eval_batches_of_too_short_split_yield_nothing():
     assert list(eval_batches(np.arange(1), 4, 8)) == []
     assert list(eval_batches(np.arange(0), 4, 8)) == []
+
+
+def test_eval_streams_are_long_and_at_most_the_batch():
+    assert eval_streams(1, 32) == 1
+    assert eval_streams(2 * MIN_EVAL_STREAM - 1, 32) == 1  # one stream: exact
+    assert eval_streams(2 * MIN_EVAL_STREAM, 32) == 2
+    assert eval_streams(10**9, 32) == 32 and eval_streams(10**9, 1) == 1
 
 
 def test_nats_to_metrics():

@@ -287,7 +287,7 @@ def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
     shown = re.search(r"test split \(best model\): ([\d.]+) nats/char", result.stderr)
     params, cfg, vocab = lstm_fn.load_weights(tmp_path / "m.json")
     _, _, test_ids = data.split(vocab.encode(SHORT_TEXT))
-    assert float(shown.group(1)) == pytest.approx(evaluate(params, cfg, test_ids, 4, 16),
+    assert float(shown.group(1)) == pytest.approx(evaluate(params, cfg, test_ids, 1, 16),
                                                   abs=1e-4)
 
 

@@ -274,14 +274,23 @@ def test_plateau_scales_once_per_patience():
     assert scales == [1.0, 0.5, 0.5, 0.25]
 
 
-def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corpus):
-    """--batch-size is the number of streams (it changes the numbers), --seq-len only the
-    window; the command's result is evaluate's."""
+def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corpus,
+                                                          monkeypatch):
+    """A short text is one stream whatever --batch-size says; a long one is cut into at most
+    --batch-size streams (it changes the numbers), and --seq-len is only the window; the
+    command's result is evaluate's."""
+    from lstm_fn import data
+
     params, cfg, vocab = lstm_fn.load_weights(model_file)
     ids = vocab.encode(SHORT_TEXT)
-    want, swapped = evaluate(params, cfg, ids, 1, 50), evaluate(params, cfg, ids, 50, 1)
+    result = invoke("eval", short_corpus, "--from", model_file, "--batch-size", "32")
+    assert result.exit_code == 0, result.output
+    assert f"{len(ids) - 1:,} predictions in 1 stream(s)" in result.output
+    assert f"loss {evaluate(params, cfg, ids, 1, 7):.4f} nats/char" in result.output
+    monkeypatch.setattr(data, "MIN_EVAL_STREAM", 10)  # as if the text were long
+    want, swapped = evaluate(params, cfg, ids, 3, 50), evaluate(params, cfg, ids, 50, 3)
     assert f"{want:.4f}" != f"{swapped:.4f}"  # else this test could not tell them apart
-    result = invoke("eval", short_corpus, "--from", model_file, "--batch-size", "1",
+    result = invoke("eval", short_corpus, "--from", model_file, "--batch-size", "3",
                     "--seq-len", "50")
     assert result.exit_code == 0 and f"loss {want:.4f} nats/char" in result.output, result.output
-    assert f"{len(ids) - 1:,} predictions in 1 stream(s)" in result.output
+    assert "in 3 stream(s)" in result.output
