@@ -116,7 +116,7 @@ def make_jax_eval(cell, hidden, forward="model"):
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
     if forward == "bptt":
         from lstm_fn.bptt import manual_loss
-        loss = lambda p, c, x, y: manual_loss(p, x, y, c, cfg=cfg)  # noqa: E731
+        loss = lambda p, c, x, y: manual_loss(p, cfg, x, y, c)  # noqa: E731
     else:
         loss = lambda p, c, x, y: M.loss(p, cfg, x, y, c)  # noqa: E731
     t0 = time.perf_counter()

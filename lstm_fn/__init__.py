@@ -10,8 +10,6 @@ The names below, and the submodules (``lstm_fn.train``, ``lstm_fn.sample``, ...)
 imported on first use, so the command line starts (and answers ``--help``) without JAX.
 """
 
-import importlib
-
 __version__ = "0.1.0"
 
 # Each public name and the module that defines it.
@@ -27,6 +25,8 @@ __all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
+    import importlib
+
     if name in _HOMES:
         value = getattr(importlib.import_module(f"lstm_fn.{_HOMES[name]}"), name)
     else:

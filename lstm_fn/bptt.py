@@ -285,24 +285,24 @@ def manual_apply(params: dict, cell: str, tokens: jax.Array, carry: tuple | None
     return xs, tuple(new_carry)
 
 
-def manual_loss(params: dict, inputs: jax.Array, targets: jax.Array,
-                carry: tuple | None = None,
-                masks: list[jax.Array] | None = None, *, cfg: ModelConfig,
+def manual_loss(params: dict, cfg: ModelConfig, tokens: jax.Array, targets: jax.Array,
+                carry: tuple | None = None, *, dropout_masks: list[jax.Array] | None = None,
                 mask: jax.Array | None = None, precision: str = "float32") -> tuple[jax.Array, tuple]:
-    """:func:`lstm_fn.model.loss` with the hand-written backward of the recurrences.
+    """:func:`lstm_fn.model.loss` (the same arguments and values) with the hand-written
+    backward of the recurrences.
 
     Args:
       params: the params tree of :mod:`lstm_fn.model`.
-      inputs, targets: int32 ``[B, T]``.
-      carry: per-layer initial states, parts ``[B, H]`` (None: zeros).
-      masks: optional dropout masks, one ``[B, T, H]`` per layer.
       cfg: the architecture (only ``cell`` is read; shapes come from ``params``).
+      tokens, targets: int32 ``[B, T]``.
+      carry: per-layer initial states, parts ``[B, H]`` (None: zeros).
+      dropout_masks: optional, one ``[B, T, H]`` per layer.
       mask: optional float ``[B, T]`` weights of each position.
       precision: of the matmuls' operands (see :func:`recurrence`).
 
     Returns:
       ``(mean cross-entropy in nats per character, final carry)``.
     """
-    top, carry = manual_apply(params, cfg.cell, inputs, carry, masks, precision)
+    top, carry = manual_apply(params, cfg.cell, tokens, carry, dropout_masks, precision)
     logits = matmul(jnp.swapaxes(top, 0, 1), params["head"]["w"], precision) + params["head"]["b"]
     return cross_entropy(logits, targets, mask), carry

@@ -36,6 +36,12 @@ class App(click.Group):
         except KeyboardInterrupt:  # before training's own handling starts (or after it)
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except ModuleNotFoundError as error:  # e.g. `python cli.py` where jax is missing
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(f"the Python package {error.name!r} is not installed "
+                                       "here; `pip install -e .` installs what lstm_fn "
+                                       "needs") from None
         except INPUT_ERRORS as error:
             if ctx.params.get("debug"):
                 raise

@@ -107,12 +107,9 @@ def gradient_check(cell: str, num_layers: int, steps: int, **kwargs) -> list[Row
     _, np_grads, np_dcarry = ref.loss_and_grads(np_params, model, np_tokens, np_targets,
                                                  np_carry, np_masks)
     with jax.enable_x64(True):
-        grad_fn = jax.grad(lambda p, c: M.loss(p, cfg, tokens, targets, c, dropout_masks=masks)[0],
-                           argnums=(0, 1))
-        jax_grads, jax_dcarry = jax.device_get(grad_fn(params, carry))
-        bptt_fn = jax.grad(lambda p, c: manual_loss(p, tokens, targets, c, masks, cfg=cfg)[0],
-                           argnums=(0, 1))
-        bptt_grads, bptt_dcarry = jax.device_get(bptt_fn(params, carry))
+        (jax_grads, jax_dcarry), (bptt_grads, bptt_dcarry) = (jax.device_get(jax.grad(
+            lambda p, c: loss(p, cfg, tokens, targets, c, dropout_masks=masks)[0],
+            argnums=(0, 1))(params, carry)) for loss in (M.loss, manual_loss))
     fd_grads = ref.finite_difference_grads(np_params, model, np_tokens, np_targets,
                                            np_carry, np_masks, eps=FD_EPS)
     carry_leaves = [leaf for _, leaf in named_leaves(np_carry)]

@@ -148,9 +148,8 @@ def state_layout(mesh: Mesh) -> dict:
 
 def _loss_function(cfg: ModelConfig, tcfg: TrainConfig):
     """``(params, inputs, targets, carry, masks) -> (loss, carry)`` for the chosen gradients."""
-    if tcfg.gradients == "manual":
-        return partial(manual_loss, cfg=cfg, precision=tcfg.matmul_precision)
-    return lambda params, inputs, targets, carry, masks: loss(
+    loss_fn = manual_loss if tcfg.gradients == "manual" else loss
+    return lambda params, inputs, targets, carry, masks: loss_fn(
         params, cfg, inputs, targets, carry, dropout_masks=masks,
         precision=tcfg.matmul_precision)
 

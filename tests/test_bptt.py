@@ -75,7 +75,7 @@ def _losses(cfg, tokens, targets, masks, weights):
         return M.loss(p, cfg, tokens, targets, c, dropout_masks=masks)
 
     def manual(p, c):
-        return manual_loss(p, tokens, targets, c, masks, cfg=cfg)
+        return manual_loss(p, cfg, tokens, targets, c, dropout_masks=masks)
 
     return {
         "autodiff": lambda p, c: auto(p, c)[0],
@@ -120,7 +120,8 @@ def test_forward_values_equal(cell):
     cfg, params, tokens, targets, carry, masks = _problem(cell, 3)
     with jax.enable_x64(True):
         auto_loss, auto_carry = M.loss(params, cfg, tokens, targets, carry, dropout_masks=masks)
-        manual_value, manual_carry = manual_loss(params, tokens, targets, carry, masks, cfg=cfg)
+        manual_value, manual_carry = manual_loss(params, cfg, tokens, targets, carry,
+                                                 dropout_masks=masks)
         xs = jnp.asarray(params["embed"])[tokens.T]
         p0 = jax.tree.map(jnp.asarray, params["layers"][0])
         c0 = jax.tree.map(jnp.asarray, carry[0])
@@ -137,13 +138,14 @@ def test_position_mask_matches_model_loss():
     with jax.enable_x64(True):
         weights = (jnp.arange(tokens.size).reshape(tokens.shape) % 3 != 0) / (2.0 * tokens.size)
         np.testing.assert_allclose(  # float weights summing to < 1: a weighted mean still
-            manual_loss(params, tokens, targets, carry, masks, cfg=cfg, mask=weights)[0],
+            manual_loss(params, cfg, tokens, targets, carry, dropout_masks=masks, mask=weights)[0],
             M.loss(params, cfg, tokens, targets, carry, dropout_masks=masks, mask=weights)[0],
             rtol=1e-13)
         auto = jax.jit(jax.grad(lambda p: M.loss(p, cfg, tokens, targets, carry,
                                                  dropout_masks=masks, mask=weights)[0]))(params)
-        manual = jax.jit(jax.grad(lambda p: manual_loss(p, tokens, targets, carry, masks,
-                                                        cfg=cfg, mask=weights)[0]))(params)
+        manual = jax.jit(jax.grad(lambda p: manual_loss(p, cfg, tokens, targets, carry,
+                                                        dropout_masks=masks,
+                                                        mask=weights)[0]))(params)
     _assert_trees_close(auto, manual, GRAD_BUDGET)
 
 
@@ -159,7 +161,7 @@ def test_bfloat16_matmuls(cell):
     def objective(which, precision):
         def f(p, c):
             if which == "manual":
-                value, final = manual_loss(p, tokens, targets, c, masks, cfg=cfg,
+                value, final = manual_loss(p, cfg, tokens, targets, c, dropout_masks=masks,
                                            precision=precision)
             else:
                 value, final = M.loss(p, cfg, tokens, targets, c, dropout_masks=masks,

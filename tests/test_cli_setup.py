@@ -131,3 +131,14 @@ def test_help_starts_without_jax():
             "assert lstm_fn.ModelConfig is lstm_fn.config.ModelConfig\n"
             "assert callable(lstm_fn.train.evaluate) and 'jax' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_package_is_one_line(model_file):
+    """`python cli.py info ...` with a Python that lacks jax says so, without a traceback."""
+    code = ("import sys; sys.modules['jax'] = None  # as if not installed\n"
+            f"sys.argv = ['lstm-fn', 'info', {str(model_file)!r}]\n"
+            "from lstm_fn.cli import main; main()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == ("Error: the Python package 'jax' is not installed here; "
+                                     "`pip install -e .` installs what lstm_fn needs")

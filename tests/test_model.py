@@ -162,7 +162,7 @@ def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
     whole = lstm_fn.apply(params, cfg, tokens[:, 5:], ref_carry)[0]
     assert_close(whole, lstm_fn.apply(params, cfg, tokens, None)[0][:, 5:])
     targets = jnp.roll(tokens, -1, axis=1)
-    assert_close(manual_loss(params, tokens, targets.tolist(), None, cfg=cfg)[0],
+    assert_close(manual_loss(params, cfg, tokens, targets.tolist(), None)[0],
                  lstm_fn.loss(params, cfg, tokens, targets)[0])
 
 
@@ -207,7 +207,7 @@ def test_targets_and_mask_must_fit_the_tokens():
     cfg, params, tokens, _ = problem("gru")
     B, T = tokens.shape
     for loss in (lambda *a, **k: lstm_fn.loss(params, cfg, *a, **k),
-                 lambda *a, **k: manual_loss(params, *a, cfg=cfg, **k)):
+                 lambda *a, **k: manual_loss(params, cfg, *a, **k)):
         with pytest.raises(ValueError, match=rf"targets must have the shape of the tokens, "
                                              rf"\[{B}, {T}\], got \[1, {T}\]"):
             loss(tokens, tokens[:1])
@@ -220,7 +220,7 @@ def test_targets_and_mask_must_fit_the_tokens():
         with pytest.raises(ValueError, match=r"targets must be ids in \[0, 11\), got -1"):
             loss(tokens, padded)
     with pytest.raises(ValueError, match="manual|B, T >= 1"):
-        manual_loss(params, tokens[:, :0], tokens[:, :0], cfg=cfg)
+        manual_loss(params, cfg, tokens[:, :0], tokens[:, :0])
 
 
 def test_any_float_dtype_initializes_and_keeps_its_dtype():
@@ -238,7 +238,7 @@ def test_any_float_dtype_initializes_and_keeps_its_dtype():
         with jax.enable_x64(dtype == jnp.float64):
             params = lstm_fn.init(jax.random.key(0), cfg, dtype)
             for loss in (lambda p: lstm_fn.loss(p, cfg, tokens, tokens, precision="bfloat16")[0],
-                         lambda p: manual_loss(p, tokens, tokens, cfg=cfg,
+                         lambda p: manual_loss(p, cfg, tokens, tokens,
                                                precision="bfloat16")[0]):
                 value, grads = jax.jit(jax.value_and_grad(loss))(params)
                 assert value.dtype == dtype and np.isfinite(float(value))
