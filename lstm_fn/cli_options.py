@@ -136,7 +136,8 @@ def run_options(defaults: dict, shown: dict | None = None):
         for option in reversed([
             click.argument("corpus", required=False),
             click.option("--config", "config_path", type=UserPath(dir_okay=False),
-                         help="JSON config with 'model' and 'train' sections; options override it."),
+                         help="JSON config with 'model' and 'train' sections, or a built-in "
+                              "one by name (quick, shakespeare); options override it."),
             click.option("--run-dir", type=UserPath(file_okay=False),
                          help="Run directory [default: runs/<corpus>-<time>-<process id>]."),
             click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
@@ -158,7 +159,7 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     import time
     from pathlib import Path
 
-    from lstm_fn.config import STOPPING_RULES, ConfigError, read_config_file, resolve
+    from lstm_fn.config import STOPPING_RULES, ConfigError, config_file, read_config_file, resolve
     from lstm_fn.run import RunSpec, run
 
     if out is not None and out.endswith(("/", os.sep)):
@@ -166,6 +167,7 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     model_keys = ("cell", "embed_size", "hidden_size", "num_layers", "dropout")
     model_overrides = {k: options.pop(k) for k in model_keys}
     train_overrides = {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
+    config_path = config_path and config_file(config_path)
     doc = read_config_file(config_path)
     given = frozenset(k for k, v in train_overrides.items() if v is not None) | set(doc["train"])
     if given & set(STOPPING_RULES):
@@ -182,7 +184,7 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     spec = RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
                    Path("model.json" if command == "pretrain" else "tuned.json"), resume,
                    Path(data_dir), base_path and Path(base_path),
-                   config_path and Path(config_path), given)
+                   config_path, given)
     with _named_as_typed(typed):
         result = run(spec)
     if result.message:

@@ -216,6 +216,19 @@ def check_model_section(model: dict) -> dict:
     return model
 
 
+# Configs installed with the package, named without folder and suffix: `--config quick`.
+BUILT_IN_CONFIGS = Path(__file__).parent / "configs"
+
+
+def config_file(name: str | Path) -> Path:
+    """The file ``--config name`` means: that path, or where it names no file, the config
+    of that name installed with the package (``quick``, ``shakespeare``)."""
+    built_in = BUILT_IN_CONFIGS / f"{name}.json"
+    if not Path(name).exists() and Path(name).name == str(name) and built_in.is_file():
+        return built_in
+    return Path(name)
+
+
 def read_config_file(path: str | Path | None) -> dict:
     """``{"model": {...}, "train": {...}}`` from a JSON file (both sections optional)."""
     if path is None:
@@ -223,7 +236,9 @@ def read_config_file(path: str | Path | None) -> dict:
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+        names = ", ".join(sorted(p.stem for p in BUILT_IN_CONFIGS.glob("*.json")))
+        hint = f" (built-in configs: {names})" if Path(path).name == str(path) else ""
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}{hint}") from None
     body = raw.removeprefix(codecs.BOM_UTF8)  # as corpora and weights files: a BOM is dropped
     try:
         doc = json.loads(body.decode("utf-8"))

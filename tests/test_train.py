@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import lstm_fn
-from lstm_fn.config import ConfigError, TrainConfig, read_config_file, resolve
+from lstm_fn.config import (BUILT_IN_CONFIGS, ConfigError, TrainConfig, config_file,
+                            read_config_file, resolve)
 from lstm_fn.data import train_batch
 from lstm_fn.optim import ValTracker, make_schedule
 from lstm_fn.train import evaluate, global_norm, init_state, make_train_step
@@ -294,3 +295,16 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
                     "--seq-len", "50")
     assert result.exit_code == 0 and f"loss {want:.4f} nats/char" in result.output, result.output
     assert "in 3 stream(s)" in result.output
+
+
+def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = sorted(path.stem for path in BUILT_IN_CONFIGS.glob("*.json"))
+    assert names == ["quick", "shakespeare"]
+    for name in names:
+        model, train = resolve(read_config_file(config_file(name)), {}, {})
+        assert model["cell"] == "lstm" and train.steps > 0
+    (tmp_path / "quick").write_text("{}")  # a file of that name comes first
+    assert str(config_file("quick")) == "quick"
+    with pytest.raises(ConfigError, match=r"quik: .*\(built-in configs: quick, shakespeare\)"):
+        read_config_file(config_file("quik"))
