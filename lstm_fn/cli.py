@@ -36,17 +36,17 @@ class App(click.Group):
         except KeyboardInterrupt:  # before training's own handling starts (or after it)
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except ModuleNotFoundError as error:  # e.g. `python cli.py` where jax is missing
+        except (ModuleNotFoundError, *INPUT_ERRORS) as error:
             if ctx.params.get("debug"):
                 raise
-            raise click.ClickException(f"the Python package {error.name!r} is not installed "
-                                       "here; `pip install -e .` installs what lstm_fn "
-                                       "needs") from None
-        except INPUT_ERRORS as error:
-            if ctx.params.get("debug"):
-                raise
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise BadInput(message) from None
+            raise _one_line(error) from None
+
+
+def _one_line(error: Exception) -> click.ClickException:
+    if isinstance(error, ModuleNotFoundError):  # e.g. `python cli.py` where jax is missing
+        return click.ClickException(f"the Python package {error.name!r} is not installed "
+                                    "here; `pip install -e .` installs what lstm_fn needs")
+    return BadInput(str(error).splitlines()[0] if str(error) else type(error).__name__)
 
 
 def _silence_stdout():

@@ -172,21 +172,19 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     given = frozenset(k for k, v in train_overrides.items() if v is not None) | set(doc["train"])
     if given & set(STOPPING_RULES):
         defaults = {k: v for k, v in defaults.items() if k != "steps"}
-    typed = {k for k, v in {**model_overrides, **train_overrides}.items() if v is not None}
-    with _named_as_typed(typed):
-        model, train = resolve(doc, model_overrides, train_overrides, defaults)
     if run_dir is None:
         if resume:
             raise click.UsageError("--resume needs --run-dir")
         name = Path(corpus).stem if corpus else "pydoc"
         # the process id keeps runs started in the same second apart (a grid search)
         run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    spec = RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
-                   Path("model.json" if command == "pretrain" else "tuned.json"), resume,
-                   Path(data_dir), base_path and Path(base_path),
-                   config_path, given)
-    with _named_as_typed(typed):
-        result = run(spec)
+    with _named_as_typed({k for k, v in {**model_overrides, **train_overrides}.items()
+                          if v is not None}):
+        model, train = resolve(doc, model_overrides, train_overrides, defaults)
+        result = run(RunSpec(command, corpus, model, train, Path(run_dir), out and Path(out),
+                             Path("model.json" if command == "pretrain" else "tuned.json"),
+                             resume, Path(data_dir), base_path and Path(base_path),
+                             config_path, given))
     if result.message:
         click.echo(result.message, err=True)
     if result.status == "done":

@@ -1,4 +1,5 @@
-"""Training configuration: a frozen dataclass, JSON config files and command-line overrides.
+"""Configuration: the model's and the training's frozen dataclasses, JSON config files
+(and the ones installed with the package) and command-line overrides.
 
 A config file is ``{"model": {...}, "train": {...}}``; command-line options override single
 fields on top of it, and the resolved config is saved with every run. Unknown keys, wrong
