@@ -276,3 +276,4 @@ def test_plot_skips_lines_a_kill_cut_short(tmp_path):
     assert result.exit_code == 0 and (run / "loss.png").exists(), result.output
     (run / "metrics.jsonl").write_text('{"step": 20}\n{"step": 30, "train_lo')
     assert_refused(invoke("plot", run), "metrics.jsonl", "no evaluations yet")
+    assert_refused(invoke("plot", tmp_path), "metrics.jsonl", "not found: is", "a run directory?")

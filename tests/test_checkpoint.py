@@ -115,13 +115,18 @@ def test_missing_or_empty_folder_means_no_checkpoint(tmp_path):
     assert checkpoint.restore(tmp_path / "absent", ABSTRACT) is None
     assert checkpoint.restore(tmp_path, ABSTRACT) is None
     assert checkpoint.latest_step(tmp_path) is None
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint for step 3"):
+        checkpoint.restore(tmp_path, ABSTRACT, step=3)  # a step asked for by number
     assert not (tmp_path / "absent").exists()  # reading creates nothing
 
 
-def test_keeps_newest_n(tmp_path):
+def test_keeps_newest_n(tmp_path, caplog):
     save_steps(tmp_path, [1, 2, 3, 4, 5], keep=2)
-    assert checkpoint.all_steps(tmp_path) == [4, 5]
-    assert checkpoint.latest_step(tmp_path) == 5
+    with caplog.at_level("DEBUG"):
+        assert checkpoint.all_steps(tmp_path) == [4, 5]
+        assert checkpoint.latest_step(tmp_path) == 5
+    # reading opens read-only managers on purpose: orbax's notice of it is not shown
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]
 
 
 # Flipped bytes inside array data either decode to wrong values, which only the digest
@@ -150,6 +155,9 @@ def test_a_state_of_another_layout_is_named(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="another layout") as error:
         checkpoint.restore(tmp_path, other)
     assert "\n" not in str(error.value)
+    damage(step_dir(tmp_path, 2), "remove_item")  # one of them damaged too: listed as such
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint"):
+        checkpoint.restore(tmp_path, other)
 
 
 def test_all_damaged_raises(tmp_path):
@@ -161,9 +169,10 @@ def test_all_damaged_raises(tmp_path):
     assert "step 1:" in str(info.value) and "step 2:" in str(info.value)
 
 
-def test_non_finite_params_refused_and_nothing_written(tmp_path):
+@pytest.mark.parametrize("bad", [jnp.nan, -jnp.inf])
+def test_non_finite_params_refused_and_nothing_written(tmp_path, bad):
     state = make_state(3)
-    state["params"]["layers"][1]["b"] = state["params"]["layers"][1]["b"].at[0].set(jnp.nan)
+    state["params"]["layers"][1]["b"] = state["params"]["layers"][1]["b"].at[0].set(bad)
     with checkpoint.open_manager(tmp_path) as manager:
         with pytest.raises(FloatingPointError, match="step 3"):
             checkpoint.save(manager, 3, state, META)
@@ -196,8 +205,10 @@ def interrupt_save(directory: Path, step: int) -> Path:
 
 
 def test_stale_tmp_dir_is_ignored_and_step_saved_again(tmp_path):
-    interrupt_save(tmp_path, 1)
+    """Restoring (read-only) leaves a stale temporary dir alone; a writer removes it."""
+    stale = interrupt_save(tmp_path, 1)
     assert checkpoint.restore(tmp_path, ABSTRACT) is None  # an interrupted first save
+    assert stale.exists()
     save_steps(tmp_path, [1])
     interrupt_save(tmp_path, 2)
     assert checkpoint.restore(tmp_path, ABSTRACT).step == 1
@@ -205,6 +216,9 @@ def test_stale_tmp_dir_is_ignored_and_step_saved_again(tmp_path):
     got = checkpoint.restore(tmp_path, ABSTRACT)
     assert (got.step, got.skipped) == (2, [])
     assert_bitwise_equal(got.state, make_state(2))
+    stale = interrupt_save(tmp_path, 3)
+    save_steps(tmp_path, [4])
+    assert not stale.exists()
 
 
 def test_saving_over_damaged_steps_after_fallback(tmp_path):

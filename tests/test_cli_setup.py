@@ -1,6 +1,6 @@
 """The process around a command: closed standard streams (the shell's ``>&-``), the
 environment variables the CLI reads, an unwritable compilation cache, a missing matplotlib,
-paths given as ``~/x``."""
+paths given as ``~/x``, the progress line and the device and cache settings."""
 
 import json
 import os
@@ -8,6 +8,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from reference_numpy.weights import read_weights
 from conftest import TINY, invoke, lstm_fn, lstm_fn_command
@@ -56,11 +58,12 @@ def test_training_whose_log_reader_leaves_stops_with_a_checkpoint(short_corpus, 
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path):
+@pytest.mark.parametrize("closed", ["<&- >&- 2>&-", ">&-"])
+def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path, closed):
     opened = subprocess.run(
         f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli_setup import "
         f"standard_streams; standard_streams(); print(open(sys.argv[1], \"w\").fileno(), "
-        f"file=open(sys.argv[2], \"w\"))' {tmp_path / 'a'} {tmp_path / 'fd'} <&- >&- 2>&-",
+        f"file=open(sys.argv[2], \"w\"))' {tmp_path / 'a'} {tmp_path / 'fd'} {closed}",
         shell=True, timeout=60)
     assert opened.returncode == 0
     assert int((tmp_path / "fd").read_text()) > 2
@@ -142,3 +145,63 @@ def test_a_missing_package_is_one_line(model_file):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip() == ("Error: the Python package 'jax' is not installed here; "
                                      "`pip install -e .` installs what lstm_fn needs")
+
+
+def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
+    """The ETA is the sooner of --steps (at the pace so far) and --minutes, never below 0,
+    in minutes and seconds below an hour, hours and minutes from one hour on."""
+    from lstm_fn.console import Progress
+
+    def eta(total, minutes, step, elapsed):
+        Progress(total, minutes).show(step, 1.0, 1000.0, 1e-3, elapsed, force=True)
+        return capsys.readouterr().err.rstrip("\n").rsplit(" | ETA ", 1)[-1]
+
+    Progress(100, None).show(25, 1.5, 1234.4, 2e-3, 1.0, force=True)
+    assert capsys.readouterr().err == "step 25/100 | loss 1.5000 | 1,234 chars/s | lr 2.00e-03 " \
+                                      "| ETA 0m03s\n"
+    assert eta(100, None, 25, 1200.0) == "1h00m"  # 75 steps left at 48 s each
+    assert eta(100, None, 10, 411.2) == "1h01m"
+    assert eta(100, 1, 50, 50.0) == "0m10s"  # the minute runs out before the steps
+    assert eta(None, 1, 5, 90.0) == "0m00s"  # past the limit: the step in flight ends it
+
+
+def test_a_device_count_of_256_and_the_cache_folder_settings(monkeypatch, tmp_path, capsys):
+    """256 devices is allowed; the cache goes under $XDG_CACHE_HOME when set; a folder that
+    exists but takes no files (its permission bits may say otherwise) leaves it off."""
+    import jax
+
+    from lstm_fn import cli_setup, parallel
+
+    counts, settings = [], {}
+    monkeypatch.setattr(parallel, "use_cpu_cores", counts.append)
+    monkeypatch.setenv("LSTM_FN_CPU_DEVICES", "256")
+    cli_setup.use_cpu_devices()
+    assert counts == [256]
+    monkeypatch.setattr(jax.config, "update", settings.__setitem__)
+    monkeypatch.delenv("LSTM_FN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cli_setup.enable_compilation_cache()
+    assert settings["jax_compilation_cache_dir"] == str(tmp_path / "xdg" / "lstm_fn" / "jax")
+    if os.path.isdir("/sys") and sys.platform == "linux":  # no files can be made there
+        settings.clear()
+        monkeypatch.setenv("LSTM_FN_CACHE", "/sys")
+        cli_setup.enable_compilation_cache()
+        assert settings == {}
+        assert capsys.readouterr().err.startswith("warning: compilation cache '/sys' is not "
+                                                  "writable (")
+
+
+def test_debug_shows_the_traceback_and_ctrl_c_is_one_line(tmp_path, model_file, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert invoke("info", bad).exit_code == 2
+    result = invoke("--debug", "info", bad)
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError), result.output
+    import lstm_fn.weights
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lstm_fn.weights, "load_weights", interrupted)
+    result = invoke("info", model_file)
+    assert result.exit_code == 130 and result.stderr == "interrupted\n", result.output

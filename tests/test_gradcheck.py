@@ -3,7 +3,9 @@ docstring promises (a random carry, non-zero biases)."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from conftest import invoke
 from lstm_fn import gradcheck
 
 
@@ -21,6 +23,8 @@ def test_row_ok_needs_every_budget():
     assert not gradcheck.Row("x", (1,), 0.0, 0.0, 0.0, 1e-3).ok
     assert not gradcheck.Row("x", (1,), 0.0, 1e-3, 0.0, 0.0).ok
     assert gradcheck.Row("x", (1,), 0.0, 0.0, 0.0, 0.0).ok
+    at_budget = (gradcheck.AUTODIFF_BUDGET,) * 2 + (gradcheck.FINITE_DIFF_BUDGET,) * 2
+    assert gradcheck.Row("x", (1,), *at_budget).ok
 
 
 def test_gradcheck_problem_has_random_carry_and_biases():
@@ -28,3 +32,27 @@ def test_gradcheck_problem_has_random_carry_and_biases():
         cfg, params, tokens, targets, carry, masks = gradcheck.problem("lstm", 2, 5)
         assert all(float(jnp.abs(c).min()) > 0 for c in jax.tree.leaves(carry))
         assert all(float(jnp.abs(l["b_h"]).min()) > 0 for l in params["layers"])
+
+
+def test_the_commands_report_every_cell_and_fail_on_any(monkeypatch):
+    """``lstm-fn gradcheck`` checks the three cells, marks a row past its budget and exits 1
+    if any cell failed, the first one included; ``gradnorms`` lists the last step first."""
+    checked = []
+
+    def check(cell, num_layers, steps, **kwargs):
+        checked.append(cell)
+        return [gradcheck.Row("w", (2,), 0.0, 1e-3 if cell == "rnn" else 0.0, 0.0, 0.0)]
+
+    monkeypatch.setattr(gradcheck, "gradient_check", check)
+    result = invoke("gradcheck")
+    assert result.exit_code == 1 and checked == ["rnn", "lstm", "gru"], result.output
+    assert [line.endswith("FAIL") for line in result.stdout.splitlines()
+            if line.startswith("  w ")] == [True, False, False]
+    assert result.stdout.endswith("FAILED: errors past budget\n")
+    result = invoke("gradcheck", "--cell", "gru")
+    assert result.exit_code == 0 and result.stdout.endswith("all gradients agree\n")
+    monkeypatch.setattr(gradcheck, "hidden_grad_norms",
+                        lambda cell, steps, **kwargs: np.arange(1.0, steps + 1))
+    rows = invoke("gradnorms", "--steps", "3").stdout.splitlines()[1:]
+    assert [row.split() for row in rows] == [[str(back), *[f"{3.0 - back:.2e}"] * 3]
+                                             for back in range(3)]

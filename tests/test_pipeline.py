@@ -95,6 +95,13 @@ def test_sample_eval_info(trained, corpus):
     assert ev.returncode == 0 and "bits/char" in ev.stdout
 
 
+def test_info_lists_the_architecture_and_every_symbol(model_file):
+    result = CliRunner().invoke(cli, ["info", str(model_file)])
+    assert result.exit_code == 0 and result.stdout == (
+        "cell: lstm\nlayers: 2\nhidden size: 32\nembedding size: 8\nparameters: 14,439\n"
+        "vocabulary: 15 (chars)\nsymbols: \\n␠,.acdeghmnost\n"), result.stdout
+
+
 def test_fine_tune_adds_new_characters(trained, tmp_path):
     new_text = corpus_text(seed=1, n=3000).replace("a", "é").replace("b", "Z")
     (tmp_path / "new.txt").write_text(new_text, encoding="utf-8")

@@ -175,3 +175,43 @@ def test_a_run_that_started_and_ended_meanwhile_is_seen_once_the_lock_is_held(
                     "--out", tmp_path / "m.json")
     assert_refused(result, "already holds a run")
     assert listing(tmp_path / "run") == {"metrics.jsonl": b'{"step": 10}\n'}
+
+
+def test_only_this_runs_stale_temp_files_are_removed_and_an_empty_out_is_replaced(tmp_path):
+    """The temp files of a killed run's atomic writes (``.NAME.*.tmp``) go; files that only
+    look alike stay. An empty --out (``touch model.json``) holds nothing to lose."""
+    from lstm_fn import preflight
+
+    (tmp_path / "run").mkdir()
+    stale = [tmp_path / ".m.json.x1.tmp", tmp_path / "run" / ".config.json.x2.tmp",
+             tmp_path / "run" / ".metrics.jsonl.x3.tmp"]
+    kept = [tmp_path / "m.json.x4.tmp", tmp_path / ".notes.txt.x5.tmp",
+            tmp_path / "run" / "config.json.x6.tmp"]
+    for path in stale + kept:
+        path.write_text("")
+    preflight.remove_stale_temp_files(SimpleNamespace(out=tmp_path / "m.json",
+                                                      run_dir=tmp_path / "run"))
+    assert [p.exists() for p in stale + kept] == [False] * 3 + [True] * 3
+    (tmp_path / "empty.json").write_text("")
+    preflight.check_out_holds_weights(tmp_path / "empty.json")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys"), reason="needs a folder that takes no files")
+def test_an_output_folder_that_takes_no_files_is_refused(corpus, tmp_path):
+    """/sys takes no files, even from root (for whom its permission bits say it does)."""
+    result = invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir", tmp_path / "run",
+                    "--out", "/sys/model.json")
+    assert_refused(result, "cannot write to '/sys'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_is_refused_when_four_float32_copies_exceed_the_memory(monkeypatch):
+    """Parameters, gradients and two optimizer moments: 16 bytes per parameter."""
+    from lstm_fn import preflight
+    from lstm_fn.config import ConfigError
+
+    pages = {"SC_PHYS_PAGES": 2 << 20, "SC_PAGE_SIZE": 4096}  # 8 GiB
+    monkeypatch.setattr(os, "sysconf", pages.__getitem__)
+    preflight.check_memory(SimpleNamespace(num_params=500_000_000))  # 7.5 GiB
+    with pytest.raises(ConfigError, match="about 15 GiB to train; this machine has 8 GiB"):
+        preflight.check_memory(SimpleNamespace(num_params=1_000_000_000))

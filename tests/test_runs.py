@@ -91,10 +91,47 @@ def test_fine_tune_resumes_without_from_and_refuses_another_base(tmp_path, short
     assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
 
 
+def test_an_older_fine_tune_resumes_given_its_base_by_a_relative_path(tmp_path, short_corpus,
+                                                                     model_file, monkeypatch):
+    """A fine-tune whose config.json predates its "command" key is still a fine-tune, and
+    --from may name the recorded base by a relative path."""
+    shutil.copy(model_file, tmp_path / "base.json")
+    monkeypatch.chdir(tmp_path)
+    run = ["--run-dir", "run", "--eval-every", "2", "--batch-size", "4", "--seq-len", "16",
+           "--sample-every", "0"]
+    result = invoke("fine-tune", short_corpus, "--from", "base.json", "--steps", "2", *run,
+                    "--out", "t.json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    del record["command"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    result = invoke("fine-tune", "--resume", *run, "--from", "base.json", "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+
+
+def test_resume_accepts_the_runs_own_settings_and_keeps_an_existing_new_out(tmp_path,
+                                                                            short_corpus,
+                                                                            model_file):
+    """Giving a resume the settings the run already has (a repeatable one too) is no change;
+    a new --out that already holds a model is not overwritten with the run's best."""
+    run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
+    first = invoke("pretrain", short_corpus, *TINY, "--freeze", "embed", "--steps", "2", *run,
+                   "--out", tmp_path / "m.json")
+    assert first.exit_code == 0, first.output
+    other = tmp_path / "other.json"
+    shutil.copy(model_file, other)
+    again = invoke("pretrain", short_corpus, *TINY, "--freeze", "embed", "--resume", *run,
+                   "--steps", "2", "--out", other)
+    assert again.exit_code == 0, again.output
+    assert "copied the best model" not in again.stderr
+    assert other.read_bytes() == model_file.read_bytes()
+
+
 def test_resume_without_a_run_is_refused(tmp_path, short_corpus):
     result = invoke("pretrain", short_corpus, "--resume", "--run-dir", tmp_path / "run",
                     "--steps", "4")
     assert_refused(result, "holds no run")
+    assert_refused(invoke("pretrain", short_corpus, "--resume"), "--resume needs --run-dir")
 
 
 def test_a_model_too_big_for_memory_is_refused(tmp_path, short_corpus):
@@ -126,6 +163,14 @@ def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_
     result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--steps", "2",
                     "--run-dir", tmp_path / "run2", "--out", tmp_path / "m2.json")
     assert result.exit_code == 0 and last_checkpoint(tmp_path / "run2") == 2
+    # a stopping rule (or any setting) from a config file counts as given there
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train": {"epochs": 0.05, "freeze": ["embed"]}}))
+    result = invoke("pretrain", short_corpus, *TINY, "--config", config, "--run-dir",
+                    tmp_path / "run3", "--out", tmp_path / "m3.json")
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "run3" / "config.json").read_text())["train"]
+    assert (train["steps"], train["epochs"], train["freeze"]) == (None, 0.05, ["embed"])
 
 
 def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_corpus):
@@ -137,17 +182,24 @@ def test_resume_refuses_another_command_and_an_edited_corpus(tmp_path, short_cor
     corpus.write_text(SHORT_TEXT.replace("cat", "cow"), encoding="utf-8")
     assert_refused(invoke("pretrain", "--resume", *run, "--steps", "4"),
                    "changed since the run started", "start a new run")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    record.update(corpus=None, corpus_sha256="0" * 64)  # a run on the built-in corpus
+    (tmp_path / "run" / "config.json").write_text(json.dumps(record))
+    assert_refused(invoke("pretrain", corpus, "--resume", *run, "--steps", "4"),
+                   "the run trains on the built-in corpus, not")
 
 
 def test_a_run_recorded_before_a_setting_existed_resumes(tmp_path, short_corpus):
-    """config.json of an older version lacks newer train keys: they take their defaults."""
+    """config.json of an older version lacks newer train keys: they take their defaults;
+    its corpus path, recorded relative to the folder it ran in, is the given corpus."""
     run = two_step_run(tmp_path, short_corpus)
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     for key in ("eval_chars", "command", "corpus_sha256"):
         record.get("train", {}).pop(key, None)
         record.pop(key, None)
+    record["corpus"] = short_corpus.name
     (tmp_path / "run" / "config.json").write_text(json.dumps(record))
-    result = invoke("pretrain", "--resume", *run, "--steps", "4")
+    result = invoke("pretrain", short_corpus, "--resume", *run, "--steps", "4")
     assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
 
 

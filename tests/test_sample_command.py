@@ -73,6 +73,14 @@ def test_length_zero_prints_just_the_prime(model_file):
     assert result.stdout == "the cat\n"
 
 
+def test_the_default_prime_is_a_newline_when_the_vocabulary_has_one(tmp_path):
+    vocab = lstm_fn.Vocab.from_text("b\ta\nc")  # a tab sorts before the newline
+    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=4, hidden_size=8, num_layers=1)
+    model = tmp_path / "tab.json"
+    lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    assert invoke("sample", "--from", model, "--length", "0").stdout == "\n\n"
+
+
 def test_huge_length_streams(model_file, tmp_path):
     """A billion characters could never be produced before printing: text that arrives while
     the process runs proves the output streams (chunk by chunk), and memory stays flat."""

@@ -14,7 +14,7 @@ from lstm_fn.config import (BUILT_IN_CONFIGS, ConfigError, TrainConfig, config_f
 from lstm_fn.data import train_batch
 from lstm_fn.optim import ValTracker, make_schedule
 from lstm_fn.train import evaluate, global_norm, init_state, make_train_step
-from conftest import SHORT_TEXT, assert_close, invoke
+from conftest import SHORT_TEXT, assert_close, assert_refused, invoke
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
 
@@ -276,7 +276,7 @@ def test_plateau_scales_once_per_patience():
 
 
 def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corpus,
-                                                          monkeypatch):
+                                                          monkeypatch, tmp_path):
     """A short text is one stream whatever --batch-size says; a long one is cut into at most
     --batch-size streams (it changes the numbers), and --seq-len is only the window; the
     command's result is evaluate's."""
@@ -295,6 +295,9 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
                     "--seq-len", "50")
     assert result.exit_code == 0 and f"loss {want:.4f} nats/char" in result.output, result.output
     assert "in 3 stream(s)" in result.output
+    (tmp_path / "one.txt").write_text("a")
+    assert_refused(invoke("eval", tmp_path / "one.txt", "--from", model_file),
+                   "at least 2 characters")
 
 
 def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch):
