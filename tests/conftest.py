@@ -141,6 +141,18 @@ def finished_run(tmp_path_factory, short_corpus):
     return work
 
 
+def last_checkpoint(run_dir) -> int:
+    """The newest checkpoint step in a run directory."""
+    return max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def metrics(run) -> list[dict]:
+    """The records of a run directory's metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def two_step_run(tmp_path, corpus) -> list:
     """Train 2 steps (one evaluation, one checkpoint) into tmp_path/run; its run options."""
     run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
