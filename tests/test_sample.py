@@ -164,9 +164,18 @@ def test_top_k_one_tiny_top_p_and_tiny_temperature_equal_greedy(cell):
     greedy = ids_of(generate(params, cfg, PRIME, 20, key=None, greedy=True, num_samples=2,
                              chunk_size=10))
     for options in (dict(top_k=1), dict(top_p=1e-7), dict(top_k=1, temperature=3.0),
-                    dict(temperature=1e-38),  # logits / T would overflow
-                    # below float32's smallest normal: T flushes to 0, and 0 / 0 is NaN
-                    dict(temperature=1e-39, top_k=3), dict(temperature=1e-300, top_p=0.5)):
+                    dict(temperature=1e-38)):  # logits / T would overflow
+        sampled = ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(5), num_samples=2,
+                                  chunk_size=10, **options))
+        np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_a_temperature_below_the_smallest_normal_float32_is_greedy_too():
+    """On the device such a temperature flushed to 0, and 0 / 0 is NaN."""
+    cfg, params = model("lstm")
+    greedy = ids_of(generate(params, cfg, PRIME, 20, key=None, greedy=True, num_samples=2,
+                             chunk_size=10))
+    for options in (dict(temperature=1e-39, top_k=3), dict(temperature=1e-300, top_p=0.5)):
         sampled = ids_of(generate(params, cfg, PRIME, 20, key=jax.random.key(5), num_samples=2,
                                   chunk_size=10, **options))
         np.testing.assert_array_equal(sampled, greedy)
