@@ -144,9 +144,8 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     metrics = data.nats_to_metrics(evaluate(params, cfg, ids, streams, seq_len,
                                             on_window=_eval_progress(len(ids) - 1)))
     click.echo(f"{text.name}: {len(ids) - 1:,} predictions in {streams} stream(s) | loss "
-               f"{metrics['loss']:.4f} "
-               f"nats/char | {metrics['bpc']:.4f} bits/char | perplexity "
-               f"{metrics['perplexity']:.3f}")
+               f"{metrics['loss']:.4f} nats/char | {metrics['bpc']:.4f} bits/char | "
+               f"perplexity {metrics['perplexity']:.3f}")
 
 
 def _eval_progress(total: int):
