@@ -172,8 +172,11 @@ def test_many_kill_9_then_resume_ends_bit_identical(corpus, env, tmp_path):
                 _wait_until(child, lambda: any(".orbax-checkpoint-tmp" in n
                                                for n in _names(ckpts)), 5.0)
                 time.sleep(rng.uniform(0.0, 0.002))
-        else:  # a random moment of training after the first evaluation of this process
-            child.wait_for(" nats/char")
+        else:  # a random moment of training after this process's first checkpoint, so
+            # that the run progresses whatever the other kills hit (each save and export
+            # kill may land in a process's first save, before any checkpoint is whole)
+            _wait_until(child, lambda: (checkpoint_steps(work / "run") or [0])[-1] > done,
+                        60.0)
             most = min(KILL_STEPS / 25, (KILL_STEPS - done) / 4)
             time.sleep(rng.uniform(0.0, per_step * most))
         assert child.proc.poll() is None, f"the run ended before kill {kills + 1}:\n" \
