@@ -3,7 +3,6 @@ file, ``plot`` on a run directory."""
 
 from __future__ import annotations
 
-import sys
 
 import click
 
@@ -131,6 +130,7 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     which adds at most ~5e-4 nats/char.
     """
     from lstm_fn import data
+    from lstm_fn.console import ScoringProgress
     from lstm_fn.train import evaluate
     from lstm_fn.weights import load_weights
 
@@ -142,36 +142,10 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
         raise BadInput("the corpus needs at least 2 characters to predict one")
     streams = data.eval_streams(len(ids) - 1, batch_size)
     metrics = data.nats_to_metrics(evaluate(params, cfg, ids, streams, seq_len,
-                                            on_window=_eval_progress(len(ids) - 1)))
+                                            on_window=ScoringProgress(len(ids) - 1)))
     click.echo(f"{text.name}: {len(ids) - 1:,} predictions in {streams} stream(s) | loss "
                f"{metrics['loss']:.4f} nats/char | {metrics['bpc']:.4f} bits/char | "
                f"perplexity {metrics['perplexity']:.3f}")
-
-
-def _eval_progress(total: int):
-    """A status line on stderr while a long text is scored (in place on a terminal, every
-    10 s otherwise); nothing for a text scored within the first seconds."""
-    import time
-
-    tty = sys.stderr.isatty()
-    started = last = time.monotonic()
-    shown = False
-
-    def show(done: int):
-        nonlocal last, shown
-        now = time.monotonic()
-        if done == total:
-            if shown and tty:
-                click.echo(err=True)  # end the line that was rewritten in place
-            return
-        if now - last < (0.5 if tty else 10.0):
-            return
-        last, shown = now, True
-        rate = done / max(now - started, 1e-9)
-        line = (f"scored {done:,}/{total:,} characters ({done / total:.0%}) | {rate:,.0f} "
-                f"chars/s | ETA {(total - done) / max(rate, 1e-9):.0f} s")
-        click.echo(f"\r{line}\033[K" if tty else line, err=True, nl=not tty)
-    return show
 
 
 @click.command(cls=Command)

@@ -79,3 +79,29 @@ class Progress:
     def newline(self):
         if self.tty:
             _to_stderr("\n")
+
+
+class ScoringProgress:
+    """A status line on stderr while a long text is scored, for `evaluate`'s ``on_window``
+    (in place on a terminal, a line every 10 s otherwise); nothing for a text scored within
+    the first half second (terminal) or ten seconds."""
+
+    def __init__(self, total: int, label: str = "scored"):
+        self.total, self.label = total, label
+        self.tty = sys.stderr.isatty()
+        self.started = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int):
+        now = time.monotonic()
+        if done >= self.total:
+            if self.shown and self.tty:
+                _to_stderr("\n")  # end the line that was rewritten in place
+            return
+        if now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last, self.shown = now, True
+        rate = done / max(now - self.started, 1e-9)
+        line = (f"{self.label} {done:,}/{self.total:,} characters ({done / self.total:.0%}) | "
+                f"{rate:,.0f} chars/s | ETA {_fmt_time((self.total - done) / max(rate, 1e-9))}")
+        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from lstm_fn import checkpoint, data
-from lstm_fn.console import Progress, Signals, log
+from lstm_fn.console import Progress, ScoringProgress, Signals, log
 from lstm_fn.optim import ValTracker
 from lstm_fn.parallel import batch_mesh
 from lstm_fn.train import (SAMPLE_STREAM, evaluate, make_train_step, state_layout,
@@ -228,7 +228,9 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
         from lstm_fn.weights import load_weights
         best_params, _, _ = load_weights(spec.out)
         streams = data.eval_streams(len(test_ids) - 1, tcfg.batch_size)
-        test = data.nats_to_metrics(evaluate(best_params, cfg, test_ids, streams, tcfg.seq_len))
+        scoring = ScoringProgress(len(test_ids) - 1, "test split: scored")
+        test = data.nats_to_metrics(evaluate(best_params, cfg, test_ids, streams, tcfg.seq_len,
+                                             on_window=scoring))
         log(f"test split (best model): {test['loss']:.4f} nats/char, {test['bpc']:.3f} bpc, "
             f"perplexity {test['perplexity']:.2f}")
     elif status == "done" and spec.out.exists():

@@ -1,6 +1,6 @@
 """The process around a command: closed standard streams (the shell's ``>&-``), the
 environment variables the CLI reads, an unwritable compilation cache, a missing matplotlib,
-paths given as ``~/x``, the progress line and the device and cache settings."""
+paths given as ``~/x``, the progress and scoring lines and the device and cache settings."""
 
 import json
 import os
@@ -163,6 +163,21 @@ def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
     assert eta(100, None, 10, 411.2) == "1h01m"
     assert eta(100, 1, 50, 50.0) == "0m10s"  # the minute runs out before the steps
     assert eta(None, 1, 5, 90.0) == "0m00s"  # past the limit: the step in flight ends it
+
+
+def test_the_scoring_line_waits_ten_seconds_then_shows_the_pace(capsys, monkeypatch):
+    """Off a terminal: nothing for the first 10 s (a short text says nothing), then one line
+    per 10 s with the share done, the pace and the time left; nothing more at the end."""
+    from lstm_fn import console
+
+    clock = iter([100.0, 105.0, 111.0, 115.0, 122.0, 140.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    show = console.ScoringProgress(4_000, "test split: scored")  # starts at 100 s
+    for done in (500, 1_100, 1_500, 2_200, 4_000):
+        show(done)
+    assert capsys.readouterr().err == (
+        "test split: scored 1,100/4,000 characters (28%) | 100 chars/s | ETA 0m29s\n"
+        "test split: scored 2,200/4,000 characters (55%) | 100 chars/s | ETA 0m18s\n")
 
 
 def test_a_device_count_of_256_and_the_cache_folder_settings(monkeypatch, tmp_path, capsys):
