@@ -135,7 +135,7 @@ def run_options(defaults: dict, shown: dict | None = None):
         command = _model_options(command, shown or {})
         for option in reversed([
             click.argument("corpus", required=False),
-            click.option("--config", "config_path", type=UserPath(dir_okay=False),
+            click.option("--config", "config_path", type=UserPath(),
                          help="JSON config with 'model' and 'train' sections, or a built-in "
                               "one by name (quick, shakespeare); options override it."),
             click.option("--run-dir", type=UserPath(file_okay=False),

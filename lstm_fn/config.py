@@ -222,10 +222,11 @@ BUILT_IN_CONFIGS = Path(__file__).parent / "configs"
 
 
 def config_file(name: str | Path) -> Path:
-    """The file ``--config name`` means: that path, or where it names no file, the config
-    of that name installed with the package (``quick``, ``shakespeare``)."""
+    """The file ``--config name`` means: that path, or where it names no file (a folder
+    ``quick/`` in the working directory included), the config of that name installed with
+    the package (``quick``, ``shakespeare``)."""
     built_in = BUILT_IN_CONFIGS / f"{name}.json"
-    if not Path(name).exists() and Path(name).name == str(name) and built_in.is_file():
+    if not Path(name).is_file() and Path(name).name == str(name) and built_in.is_file():
         return built_in
     return Path(name)
 

@@ -70,6 +70,9 @@ def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch)
     for name in names:
         model, train = resolve(read_config_file(config_file(name)), {}, {})
         assert model["cell"] == "lstm" and train.steps > 0
+    (tmp_path / "quick").mkdir()  # a folder of that name does not hide it
+    assert config_file("quick") == BUILT_IN_CONFIGS / "quick.json"
+    (tmp_path / "quick").rmdir()
     (tmp_path / "quick").write_text("{}")  # a file of that name comes first
     assert str(config_file("quick")) == "quick"
     with pytest.raises(ConfigError, match=r"quik: .*\(built-in configs: quick, shakespeare\)"):
