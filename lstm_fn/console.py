@@ -61,19 +61,21 @@ class Progress:
         self.last = 0.0
 
     def show(self, step, loss, chars_per_s, lr, elapsed, force=False):
+        """``chars_per_s`` is None until a step has been timed (a process's first step
+        compiles): the line then gives neither the pace nor a time left by steps."""
         now = time.monotonic()
         if not force and now - self.last < (0.5 if self.tty else 10.0):
             return
         self.last = now
         remaining = []
-        if self.total:
+        if self.total and chars_per_s is not None:
             remaining.append((self.total - step) * elapsed / max(step, 1))
         if self.minutes:
             remaining.append(self.minutes * 60 - elapsed)
         eta = f" | ETA {_fmt_time(max(min(remaining), 0))}" if remaining else ""
         of = f"/{self.total}" if self.total else ""
-        line = (f"step {step}{of} | loss {loss:.4f} | {chars_per_s:,.0f} chars/s | "
-                f"lr {lr:.2e}{eta}")
+        pace = "" if chars_per_s is None else f" | {chars_per_s:,.0f} chars/s"
+        line = f"step {step}{of} | loss {loss:.4f}{pace} | lr {lr:.2e}{eta}"
         _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
 
     def newline(self):

@@ -206,7 +206,7 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
                 else:  # the first step includes compilation
                     compiled = True
                     log(f"first step (compilation included): {time.monotonic() - started:.1f} s")
-                rate = chars_per_step * timed[0] / max(timed[1], 1e-9)
+                rate = chars_per_step * timed[0] / max(timed[1], 1e-9) if timed[0] else None
                 progress.show(step, loss, rate, last_lr, elapsed)
                 if step % tcfg.eval_every == 0 and not run_eval():
                     break

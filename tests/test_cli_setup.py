@@ -149,7 +149,8 @@ def test_a_missing_package_is_one_line(model_file):
 
 def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
     """The ETA is the sooner of --steps (at the pace so far) and --minutes, never below 0,
-    in minutes and seconds below an hour, hours and minutes from one hour on."""
+    in minutes and seconds below an hour, hours and minutes from one hour on; before the
+    first timed step there is no pace to show."""
     from lstm_fn.console import Progress
 
     def eta(total, minutes, step, elapsed):
@@ -163,6 +164,11 @@ def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
     assert eta(100, None, 10, 411.2) == "1h01m"
     assert eta(100, 1, 50, 50.0) == "0m10s"  # the minute runs out before the steps
     assert eta(None, 1, 5, 90.0) == "0m00s"  # past the limit: the step in flight ends it
+    # a process's first step compiles: no pace and no time left by steps until one is timed
+    Progress(100, None).show(1, 4.2, None, 1e-3, 0.0, force=True)
+    assert capsys.readouterr().err == "step 1/100 | loss 4.2000 | lr 1.00e-03\n"
+    Progress(100, 2).show(1, 4.2, None, 1e-3, 30.0, force=True)
+    assert capsys.readouterr().err == "step 1/100 | loss 4.2000 | lr 1.00e-03 | ETA 1m30s\n"
 
 
 def test_the_scoring_line_waits_ten_seconds_then_shows_the_pace(capsys, monkeypatch):
