@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -37,7 +38,8 @@ def plot_run(run_dir: str | Path) -> Path:
     bpc.set_ylabel("bits/char")
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(run_dir.name)
+    # a folder name that is not UTF-8 has lone surrogates, which no font can draw
+    _set_title(fig, ax, os.fsencode(run_dir.name).decode("utf-8", "replace"))
     fig.tight_layout()
     path = run_dir / "loss.png"
     import io
@@ -46,6 +48,31 @@ def plot_run(run_dir: str | Path) -> Path:
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
     return path
+
+
+def _set_title(fig, ax, title: str) -> None:
+    """The run directory's name as the title, as written (``$`` is no mathtext). A character
+    the fonts have no glyph for (Chinese or Japanese in a corpus's name, with matplotlib's
+    default font) is shown as its escape (``\\u65e5``), not as an empty box, and matplotlib's
+    warning for each such glyph, three lines on stderr, is not shown."""
+    import re
+    import warnings
+
+    ax.set_title(title, parse_math=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.canvas.draw()
+    missing = set()
+    for warning in caught:
+        glyph = re.match(r"Glyph (\d+) .*missing from font", str(warning.message))
+        if glyph:
+            missing.add(chr(int(glyph.group(1))))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    if missing:
+        ax.set_title("".join(c.encode("ascii", "backslashreplace").decode("ascii")
+                             if c in missing else c for c in title), parse_math=False)
 
 
 def _evaluation(line: str) -> dict | None:

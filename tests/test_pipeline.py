@@ -102,6 +102,33 @@ def test_info_lists_the_architecture_and_every_symbol(model_file):
         "vocabulary: 15 (chars)\nsymbols: \\n␠,.acdeghmnost\n"), result.stdout
 
 
+def test_plot_of_a_run_named_in_japanese_or_with_dollars_is_quiet(tmp_path):
+    """A run directory named after a corpus in Japanese: matplotlib's default font has no
+    glyphs for it, and its warnings (three lines per character) must not reach stderr; a
+    name with ``$...$`` is text, not mathtext (``$\\frac$`` failed as an empty error), and
+    one that is not UTF-8 is drawn with U+FFFD (it failed with a traceback)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lstm_fn.plot import _set_title, plot_run
+
+    run = tmp_path / "日本語$\\frac$-run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 10, "train_loss": 2.0, "val_loss": 2.1}\n')
+    result = lstm_fn("plot", run)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert (run / "loss.png").stat().st_size > 0
+    latin1 = run.rename(tmp_path / os.fsdecode(b"caf\xe9"))  # lone surrogates: a TypeError
+    assert plot_run(latin1) == latin1 / "loss.png" and (latin1 / "loss.png").exists()
+    with matplotlib.rc_context({"font.family": "DejaVu Sans"}):  # no CJK (ships with it)
+        fig, ax = plt.subplots()
+        _set_title(fig, ax, run.name)
+    plt.close(fig)
+    assert ax.get_title() == "\\u65e5\\u672c\\u8a9e$\\frac$-run"
+
+
 def test_fine_tune_adds_new_characters(trained, tmp_path):
     new_text = corpus_text(seed=1, n=3000).replace("a", "é").replace("b", "Z")
     (tmp_path / "new.txt").write_text(new_text, encoding="utf-8")
