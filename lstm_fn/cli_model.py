@@ -159,8 +159,29 @@ def info(model_path):
                f"embedding size: {cfg.embed_size}\nparameters: {cfg.num_params:,}\n"
                f"vocabulary: {len(vocab)} ({vocab.encoding})")
     if vocab.encoding == "chars":
-        click.echo("symbols: " + "".join("␠" if s == " " else s if s.isprintable()
-                                         else repr(s)[1:-1] for s in vocab.symbols))
+        click.echo("symbols: " + "".join(map(_shown_symbol, vocab.symbols)))
+
+
+def _shown_symbol(symbol: str) -> str:
+    """A symbol as ``info`` lists it: one visible glyph or an escape. The space is "␠"; a
+    character without a glyph of its own is escaped as Python writes it (``\\n``,
+    ``\\u200d``): unprintable ones, and those that draw together with the symbol next to
+    them: combining marks and variation selectors (Unicode category M*: "é" + U+0301 looked
+    like one symbol), skin-tone modifiers (🏌 + U+1F3FB) and regional indicators (U+1F1E7
+    U+1F1EC, listed side by side, is a flag the corpus need not have). The backslash and "␠"
+    are escaped too, so a listing reads back one way."""
+    import unicodedata
+
+    if symbol == " ":
+        return "␠"
+    joins = (unicodedata.category(symbol).startswith("M")
+             or "\U0001f1e6" <= symbol <= "\U0001f1ff" or "\U0001f3fb" <= symbol <= "\U0001f3ff")
+    if symbol.isprintable() and symbol not in "\\␠" and not joins:
+        return symbol
+    escaped = repr(symbol)[1:-1]
+    if escaped != symbol:
+        return escaped
+    return f"\\u{ord(symbol):04x}" if ord(symbol) <= 0xFFFF else f"\\U{ord(symbol):08x}"
 
 
 @click.command(cls=Command)

@@ -102,6 +102,28 @@ def test_info_lists_the_architecture_and_every_symbol(model_file):
         "vocabulary: 15 (chars)\nsymbols: \\n␠,.acdeghmnost\n"), result.stdout
 
 
+def test_info_escapes_symbols_that_would_draw_onto_their_neighbours(tmp_path):
+    """A combining accent (a corpus with "e" + U+0301 next to "é"), an emoji's variation
+    selector, a skin-tone modifier and regional indicators are symbols of their own, but
+    printed raw they draw together with the symbol next to them (two regional indicators
+    side by side are a flag); they are listed as escapes, as are a literal backslash and
+    "␠" (the space's stand-in), so the listing reads back one way."""
+    import jax
+
+    import lstm_fn
+
+    vocab = lstm_fn.Vocab.from_symbols([" ", "\\", "n", "e", "é", "\u0301", "\u200d",
+                                        "\u2420", "\ufe0f", "\U0001f1e7", "\U0001f1ec",
+                                        "\U0001f3cc", "\U0001f3fb", "\U0001f600"])
+    cfg = ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+    lstm_fn.save_weights(tmp_path / "m.json", lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        "symbols: ␠\\\\neé\\u0301\\u200d\\u2420\\ufe0f\\U0001f1e7\\U0001f1ec\U0001f3cc"
+        "\\U0001f3fb\U0001f600")
+
+
 def test_plot_of_a_run_named_in_japanese_or_with_dollars_is_quiet(tmp_path):
     """A run directory named after a corpus in Japanese: matplotlib's default font has no
     glyphs for it, and its warnings (three lines per character) must not reach stderr; a
