@@ -51,11 +51,27 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
     return text
 
 
+def _in_vocabulary_form(prime: str | bytes, vocab) -> str | bytes:
+    """The prime, or where it has characters outside the vocabulary, the same text in the
+    Unicode normal form (NFC or NFD) that has none: "café" typed with a precomposed "é"
+    continues a corpus that wrote "e" + U+0301, and the other way round."""
+    import unicodedata
+
+    if isinstance(prime, bytes) or not vocab.missing(prime):
+        return prime
+    for form in ("NFC", "NFD"):
+        normal = unicodedata.normalize(form, prime)
+        if not vocab.missing(normal):
+            return normal
+    return prime
+
+
 @click.command(cls=Command)
 @click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
               help="JSON weights of the model.")
-@click.option("--prime", help="Text to start from, or @FILE [default: a newline, or the "
-                              "first symbol of a vocabulary without one].")
+@click.option("--prime", help="Text to start from, or @FILE; accents are matched to the "
+                              "vocabulary's Unicode form (NFC or NFD) [default: a newline, "
+                              "or the first symbol of a vocabulary without one].")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to generate.")
 @click.option("--temperature", type=float, default=1.0, help="Below 1: safer, above 1: wilder.")
 @click.option("--top-k", type=click.IntRange(1), help="Sample among the k most likely only.")
@@ -79,7 +95,7 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
     from lstm_fn.weights import load_weights
 
     params, cfg, vocab = load_weights(model_path)
-    prime_data = _read_prime(prime, vocab)
+    prime_data = _in_vocabulary_form(_read_prime(prime, vocab), vocab)
     if missing := vocab.missing(prime_data):
         shown = ", ".join(map(repr, missing[:20]))
         raise BadInput(f"--prime has {len(missing)} character(s) not in the model's "

@@ -36,6 +36,25 @@ def test_prime_outside_the_vocabulary_is_named(model_file, tmp_path):
     assert_refused(invoke("sample", "--from", model_file, "--prime", ""), "--prime is empty")
 
 
+def test_a_prime_with_accents_in_the_other_unicode_form_is_matched_to_the_vocabulary(tmp_path):
+    """"café" typed with a precomposed "é" (NFC, what keyboards give) primes a model whose
+    corpus wrote "e" + U+0301 (NFD, as macOS file names and some exports do), and the
+    other way round: the two are the same text, and the error named an "é" that looked
+    exactly like the model's."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    for corpus, prime in ((nfd + " the\u0301", nfc), (nfc + " th\u00e9", nfd)):
+        vocab = lstm_fn.Vocab.from_text(corpus)
+        cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+        model = tmp_path / "accents.json"
+        lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+        result = invoke("sample", "--from", model, "--prime", prime, "--length", "0")
+        assert result.exit_code == 0, result.output
+        assert result.stdout == corpus.split()[0] + "\n"  # the prime, in the corpus's form
+    # no form of "cafè" is in the vocabulary of "café thé"
+    assert_refused(invoke("sample", "--from", model, "--prime", "cafe\u0300"),
+                   "not in the model's vocabulary", "'\u0300'")
+
+
 def test_prime_file_with_a_bom_and_a_seed_out_of_range(model_file, tmp_path):
     prime = tmp_path / "bom.txt"
     prime.write_bytes("\ufeffthe cat".encode("utf-8"))
