@@ -69,6 +69,32 @@ def standard_streams() -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")
     if sys.stdout is None:
         sys.stdout = ClosedStdout()
+    utf8_stdout()
+
+
+def utf8_stdout() -> None:
+    """Write stdout as UTF-8 where its encoding cannot hold every character.
+
+    Corpora are read as UTF-8, and samples, symbol lists and names of CJK or emoji text go
+    out the same way: click.echo already writes UTF-8 where stdout claims ASCII (LC_ALL=C),
+    but a Latin-1 or Windows code-page stdout (``PYTHONIOENCODING=latin-1``, a redirected
+    stdout on Windows) failed at the first character it could not encode, with the sample
+    cut short and a message about a codec. Standard error keeps its encoding (Python
+    escapes what it cannot write there)."""
+    import codecs
+
+    encoding = getattr(sys.stdout, "encoding", None)
+    if not isinstance(sys.stdout, io.TextIOWrapper) or not encoding:
+        return
+    try:
+        unicode = codecs.lookup(encoding).name.startswith("utf")
+    except LookupError:
+        unicode = False
+    if not unicode:
+        try:
+            sys.stdout.reconfigure(encoding="utf-8")
+        except (OSError, ValueError):  # a stream that cannot change its encoding: leave it
+            pass
 
 
 def use_cpu_devices() -> None:

@@ -29,6 +29,26 @@ def test_a_result_for_a_closed_stdout_ends_as_a_closed_pipe(model_file, short_co
         assert result.returncode == 141 and result.stderr == "", (args, result.stderr)
 
 
+def test_a_latin1_stdout_still_gets_the_text_whole_as_utf8(tmp_path):
+    """With a stdout that cannot encode Japanese (PYTHONIOENCODING=latin-1; a redirected
+    stdout on Windows is alike), a sample is written as UTF-8 as it is under LC_ALL=C,
+    instead of failing at its first such character with a codec's message."""
+    import jax
+
+    import lstm_fn as package
+
+    vocab = package.Vocab.from_text("日本語 café\n")
+    cfg = package.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+    model = tmp_path / "ja.json"
+    package.save_weights(model, package.init(jax.random.key(0), cfg), cfg, vocab)
+    result = subprocess.run(lstm_fn_command("sample", "--from", model, "--prime", "日本 café",
+                                            "--length", "0"),
+                            capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "latin-1"})
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert result.stdout.decode("utf-8") == "日本 café\n"
+
+
 def test_training_with_a_closed_stderr_runs_on_unlogged(short_corpus, tmp_path):
     result = shell("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
                    "--run-dir", tmp_path / "run", "--out", tmp_path / "model.json",
