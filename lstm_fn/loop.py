@@ -7,6 +7,7 @@ import json
 import math
 import shlex
 import time
+import unicodedata
 from pathlib import Path
 
 import jax
@@ -246,11 +247,16 @@ def train_loop(spec, cfg, tcfg, vocab, state, train_ids, val_ids, test_ids, tota
 
 def _show_sample(params, cfg, vocab, train_ids, tcfg, step):
     """Log a sample that continues the training text's first symbol (ids, not text: in
-    "bytes" mode that may be part of a character)."""
+    "bytes" mode that may be part of a character). Control characters other than newline and
+    tab are logged as escapes (``\\x1b``): a corpus of terminal output would otherwise send
+    escape sequences to the terminal that shows the log (clearing it, moving the cursor), and
+    a carriage return would overwrite the line. ``lstm-fn sample`` writes them as they are."""
     from lstm_fn.sample import generate
 
     prime = np.asarray(train_ids[:1])
     chunks = generate(params, cfg, prime, tcfg.sample_length, temperature=0.8,
                       key=jax.random.fold_in(stream_key(tcfg.seed, SAMPLE_STREAM), step))
     ids = np.concatenate([prime, *(chunk[0] for chunk in chunks)])
-    log(f"--- sample at step {step} ---\n{vocab.decode(ids)}\n---")
+    text = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" and c not in "\n\t" else c
+                   for c in vocab.decode(ids))
+    log(f"--- sample at step {step} ---\n{text}\n---")

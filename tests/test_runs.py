@@ -4,6 +4,7 @@ directories themselves: test_run_dirs.py)."""
 
 import json
 import shutil
+import unicodedata
 
 import jax
 import numpy as np
@@ -11,6 +12,24 @@ import pytest
 
 import lstm_fn
 from conftest import SHORT_TEXT, TINY, assert_refused, invoke, last_checkpoint, metrics
+
+
+def test_the_sample_in_the_training_log_escapes_control_characters(capsys):
+    """A corpus of terminal output (a bytes model here, which can draw any byte) samples
+    escape sequences; in the training log they would reach the terminal (ESC [ 2 J clears
+    it, a carriage return overwrites the line), so they are logged as escapes, newlines and
+    tabs as they are."""
+    from lstm_fn.config import TrainConfig
+    from lstm_fn.loop import _show_sample
+
+    vocab = lstm_fn.Vocab.bytes()
+    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=4, num_layers=1)
+    params = lstm_fn.init(jax.random.key(0), cfg)
+    train_ids = vocab.encode(b"\x1b[2J\r\n\tok")
+    _show_sample(params, cfg, vocab, train_ids, TrainConfig(steps=1, sample_length=200), 5)
+    logged = capsys.readouterr().err
+    assert logged.startswith("--- sample at step 5 ---\n\\x1b") and logged.endswith("\n---\n")
+    assert not [c for c in logged if unicodedata.category(c) == "Cc" and c not in "\n\t"]
 
 
 def test_a_model_too_big_for_memory_is_refused(tmp_path, short_corpus):
