@@ -55,15 +55,22 @@ def _in_vocabulary_form(prime: str | bytes, vocab) -> str | bytes:
     """The prime, or where it has characters outside the vocabulary, the same text in the
     Unicode normal form (NFC or NFD) that has none: "café" typed with a precomposed "é"
     continues a corpus that wrote "e" + U+0301, and the other way round."""
+    fitting = None if isinstance(prime, bytes) else _fitting_normal_form(prime, vocab)
+    return prime if fitting is None else fitting[1]
+
+
+def _fitting_normal_form(text: str, vocab) -> tuple[str, str] | None:
+    """``(form, text in that form)`` for the first of NFC and NFD that has no character
+    outside the vocabulary where ``text`` itself has some; else None."""
     import unicodedata
 
-    if isinstance(prime, bytes) or not vocab.missing(prime):
-        return prime
+    if not vocab.missing(text):
+        return None
     for form in ("NFC", "NFD"):
-        normal = unicodedata.normalize(form, prime)
+        normal = unicodedata.normalize(form, text)
         if not vocab.missing(normal):
-            return normal
-    return prime
+            return form, normal
+    return None
 
 
 @click.command(cls=Command)
@@ -148,12 +155,20 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     from lstm_fn import data
     from lstm_fn.console import ScoringProgress
     from lstm_fn.train import evaluate
+    from lstm_fn.vocab import CorpusError
     from lstm_fn.weights import load_weights
 
     params, cfg, vocab = load_weights(model_path)
     text = data.load_corpus(corpus, data_dir=data_dir, encoding=vocab.encoding,
                             remedy="use a model trained with --vocab bytes")
-    ids = vocab.encode(text.content)
+    try:
+        ids = vocab.encode(text.content)
+    except CorpusError as error:  # accents written in the other Unicode form: say so
+        fitting = None if text.text is None else _fitting_normal_form(text.text, vocab)
+        if fitting is None:
+            raise
+        raise BadInput(f"{error}; in Unicode form {fitting[0]} every character of the text is "
+                       f"in the model's vocabulary: convert the text to {fitting[0]}") from None
     if len(ids) < 2:
         raise BadInput("the corpus needs at least 2 characters to predict one")
     streams = data.eval_streams(len(ids) - 1, batch_size)

@@ -76,6 +76,27 @@ def test_eval_refuses_a_non_utf8_corpus(tmp_path, model_file):
     assert_refused(invoke("eval", path, "--from", model_file), "byte 7", "--vocab bytes")
 
 
+def test_eval_of_a_text_with_accents_in_the_other_unicode_form_says_so(tmp_path):
+    """A model of a corpus that wrote "e" + U+0301 (NFD) has no precomposed "é"; a test text
+    with it (NFC) is refused naming an "é" that looks exactly like the model's, so the
+    message says that the text in NFD would do. Text that no form fits gets no such hint."""
+    import jax
+
+    import lstm_fn
+
+    vocab = lstm_fn.Vocab.from_text("the cafe\u0301 sat\n")
+    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=2, num_layers=1)
+    model = tmp_path / "nfd.json"
+    lstm_fn.save_weights(model, lstm_fn.init(jax.random.key(0), cfg), cfg, vocab)
+    path = tmp_path / "nfc.txt"
+    path.write_text("the caf\u00e9 sat\n", encoding="utf-8")
+    assert_refused(invoke("eval", path, "--from", model), "1 character(s) not in the vocabulary",
+                   "in Unicode form NFD every character", "convert the text to NFD")
+    path.write_text("the caf\u00e9 sat!\n", encoding="utf-8")
+    error = assert_refused(invoke("eval", path, "--from", model), "2 character(s)")
+    assert "Unicode form" not in error
+
+
 # ------------------------------------------------------------------------------ the config
 
 @pytest.mark.parametrize("doc, needles", [
