@@ -149,6 +149,18 @@ def run_options(defaults: dict, shown: dict | None = None):
     return decorate
 
 
+def default_run_dir(corpus: str | None):
+    """``runs/<corpus>-<time>-<process id>``; the process id keeps runs started in the same
+    second apart (a grid search). A corpus file name that is not UTF-8 ("lat\\xe9.txt" from
+    a Latin-1 system) has U+FFFD for its bytes there: checkpoints need a UTF-8 path."""
+    import os
+    import time
+    from pathlib import Path
+
+    name = os.fsencode(Path(corpus).stem).decode("utf-8", "replace") if corpus else "pydoc"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
 def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, base_path,
                 defaults, options):
     """Resolve config file + options and run the training loop; exits with its code.
@@ -156,7 +168,6 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     ``defaults`` are the command's own train defaults; its ``steps`` only applies when no
     stopping rule (steps, epochs, minutes) is given anywhere."""
     import os
-    import time
     from pathlib import Path
 
     from lstm_fn.config import STOPPING_RULES, ConfigError, config_file, read_config_file, resolve
@@ -175,9 +186,7 @@ def run_command(command, corpus, config_path, run_dir, out, resume, data_dir, ba
     if run_dir is None:
         if resume:
             raise click.UsageError("--resume needs --run-dir")
-        name = Path(corpus).stem if corpus else "pydoc"
-        # the process id keeps runs started in the same second apart (a grid search)
-        run_dir = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        run_dir = default_run_dir(corpus)
     with _named_as_typed({k for k, v in {**model_overrides, **train_overrides}.items()
                           if v is not None}):
         model, train = resolve(doc, model_overrides, train_overrides, defaults)

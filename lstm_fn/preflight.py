@@ -38,6 +38,18 @@ def check_memory(cfg: ModelConfig) -> None:
                           "--layers")
 
 
+def check_run_dir_name(run_dir: Path) -> None:
+    """Refuse a run directory whose path is not UTF-8 (a byte such as Latin-1's 0xE9 in it or
+    in a folder above it): the checkpoints' writer (orbax, tensorstore) takes paths as UTF-8
+    text and failed at the first checkpoint, with a traceback, after training had started."""
+    path = os.path.abspath(run_dir)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"run directory {str(run_dir)!r} is not a UTF-8 path, and checkpoints "
+                          "can only be written under one; choose another --run-dir") from None
+
+
 # Orbax's own files per checkpoint, beyond the arrays (~130 kB measured for a tiny model).
 CHECKPOINT_OVERHEAD = 256 << 10
 

@@ -220,6 +220,7 @@ def run(spec: RunSpec) -> RunResult:
 
 
 def _run(spec: RunSpec, lock: preflight.RunDirLock) -> RunResult:
+    preflight.check_run_dir_name(spec.run_dir)
     if spec.run_dir.is_dir():
         lock.acquire()
     saved = _prepare_dir(spec)

@@ -98,6 +98,23 @@ def test_a_file_name_that_is_not_utf8_is_recorded_and_resumed(tmp_path):
     assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
 
 
+def test_a_corpus_name_that_is_not_utf8_gives_a_run_directory_checkpoints_can_use(tmp_path):
+    """The default run directory is named after the corpus: from "lat\\xe9.txt" (Latin-1)
+    it was not UTF-8, and orbax failed at the first checkpoint with a traceback after
+    training had started. The byte becomes U+FFFD in the name; a --run-dir that is not
+    UTF-8 is refused before anything is written."""
+    from lstm_fn.cli_options import default_run_dir
+
+    corpus = tmp_path / os.fsdecode(b"lat\xe9.txt")
+    corpus.write_text(SHORT_TEXT, encoding="utf-8")
+    name = default_run_dir(str(corpus)).name
+    assert name.startswith("lat\ufffd-") and name.encode("utf-8")
+    run_dir = tmp_path / os.fsdecode(b"run\xfe")
+    assert_refused(invoke("pretrain", corpus, *TINY, "--steps", "2", "--run-dir", run_dir,
+                          "--out", tmp_path / "m.json"), "is not a UTF-8 path", "--run-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [corpus.name]
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path, short_corpus):
     (tmp_path / "run").mkdir()
     lock = RunDirLock(tmp_path / "run")
