@@ -49,6 +49,20 @@ def test_a_latin1_stdout_still_gets_the_text_whole_as_utf8(tmp_path):
     assert result.stdout.decode("utf-8") == "日本 café\n"
 
 
+def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes(tmp_path):
+    """Under a UTF-8 locale stdout is strict, and a name holding a Latin-1 byte ("caf\\xe9",
+    a lone surrogate once decoded) made the line that names it a codec error, exit 2: the
+    result of eval, the last line of a whole training run, plot's path. It is written as
+    the name's own bytes, as ls writes it."""
+    run = tmp_path / os.fsdecode(b"caf\xe9")
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 10, "train_loss": 2.0, "val_loss": 2.1}\n')
+    result = subprocess.run(lstm_fn_command("plot", run), capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert result.stdout == os.fsencode(run / "loss.png") + b"\n"
+
+
 def test_training_with_a_closed_stderr_runs_on_unlogged(short_corpus, tmp_path):
     result = shell("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
                    "--run-dir", tmp_path / "run", "--out", tmp_path / "model.json",
