@@ -75,17 +75,10 @@ def standard_streams() -> None:
 def utf8_stdout() -> None:
     """Write stdout as UTF-8, and a file name's bytes that are not UTF-8 as those bytes.
 
-    Corpora are read as UTF-8, and samples, symbol lists and names of CJK or emoji text go
-    out the same way: click.echo already writes UTF-8 where stdout claims ASCII (LC_ALL=C),
-    but a Latin-1 or Windows code-page stdout (``PYTHONIOENCODING=latin-1``, a redirected
-    stdout on Windows) failed at the first character it could not encode, with the sample
-    cut short and a message about a codec. A file name that is not UTF-8 ("lat\\xe9.txt")
-    holds lone surrogates (os.fsdecode), which a strict UTF-8 stdout (any UTF-8 locale but
-    C.UTF-8) refused: ``eval``'s result line and the last line of a whole training run
-    ended as a codec error, exit 2; they are written back as the name's bytes, as ``ls``
-    does. Text never holds such surrogates (vocabularies refuse them). A UTF-16 or UTF-32
-    stdout is left as it is; standard error keeps its encoding (Python escapes what it cannot
-    write there)."""
+    Samples and symbol lists of CJK or emoji text failed at their first character on a
+    Latin-1 or Windows code-page stdout (``PYTHONIOENCODING=latin-1``), and a name such as
+    "lat\\xe9.txt" (lone surrogates once decoded) on a strict UTF-8 one. A UTF-16 or
+    UTF-32 stdout is left as it is; stderr keeps its encoding (Python escapes there)."""
     import codecs
 
     encoding = getattr(sys.stdout, "encoding", None)
