@@ -241,3 +241,82 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
     (tmp_path / "one.txt").write_text("a")
     assert_refused(invoke("eval", tmp_path / "one.txt", "--from", model_file),
                    "at least 2 characters")
+
+
+
+def test_freezing_a_layer_number_the_model_lacks_is_refused():
+    """Layers count from 0: a 2-layer model has layers 0 and 1, and no layer 2."""
+    from lstm_fn.train import check_freeze
+
+    check_freeze(("embed", "1"), 2)
+    with pytest.raises(ValueError, match="names layer 2, but the model has 2"):
+        check_freeze(("2",), 2)
+
+
+# One rnn layer: the quickest training step to compile, for the tests of the step's wiring.
+SMALL = lstm_fn.ModelConfig("rnn", vocab_size=9, embed_size=4, hidden_size=16, num_layers=1)
+
+
+@pytest.fixture(scope="module")
+def plain_step():
+    """One compiled training step of SMALL (adam, batch 4, window 16) for the tests below."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1)
+    return tcfg, make_train_step(SMALL, tcfg, 1)
+
+
+def test_the_plateau_scale_multiplies_the_learning_rate_of_a_step(plain_step):
+    """``lr_scale`` in the state (what reduce-on-plateau lowers) scales the rate the step
+    reports and the update it applies (adam's direction does not depend on the rate)."""
+    tcfg, step = plain_step
+    params = lstm_fn.init(jax.random.key(3), SMALL)
+    inputs, targets, reset = train_batch(ids(), 4, 16, 0)
+    moved, rates = [], []
+    for scale in (1.0, 0.25):
+        state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+        state["lr_scale"] = jnp.asarray(scale, jnp.float32)
+        state, metrics = step(state, inputs, targets, jnp.asarray(reset))
+        rates.append(float(metrics["lr"]))
+        moved.append(float(global_norm(jax.tree.map(jnp.subtract, state["params"], params))))
+    assert rates == pytest.approx([tcfg.learning_rate, 0.25 * tcfg.learning_rate])
+    assert moved[1] == pytest.approx(0.25 * moved[0], rel=1e-3) and moved[0] > 0
+
+
+def test_reset_starts_every_stream_from_a_zero_carry(plain_step):
+    """With ``reset`` (a new pass over the data) the carry left by the last window is
+    dropped: the loss is that of a zero initial state; without it, the carry is used."""
+    tcfg, step = plain_step
+    params = lstm_fn.init(jax.random.key(3), SMALL)
+    inputs, targets, _ = train_batch(ids(), 4, 16, 0)
+    fresh, _ = lstm_fn.loss(params, SMALL, inputs, targets)
+    losses = []
+    for reset in (True, False):
+        state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+        state["carry"] = jax.tree.map(lambda c: jnp.full_like(c, 0.9), state["carry"])
+        losses.append(float(step(state, inputs, targets, jnp.asarray(reset))[1]["loss"]))
+    assert_close(losses[0], fresh, atol=1e-5)
+    assert abs(losses[1] - float(fresh)) > 1e-3
+
+
+def test_a_non_finite_parameter_is_reported_even_when_the_loss_is_finite(plain_step):
+    """``params_finite`` looks at every tensor: an infinite bias in the last layer (a
+    saturated unit, so the loss stays finite) is reported, not only a broken embedding."""
+    tcfg, step = plain_step
+    params = lstm_fn.init(jax.random.key(3), SMALL)
+    params["layers"][-1]["b_h"] = params["layers"][-1]["b_h"].at[0].set(jnp.inf)
+    inputs, targets, reset = train_batch(ids(), 4, 16, 0)
+    _, metrics = step(init_state(params, SMALL, tcfg), inputs, targets, jnp.asarray(reset))
+    assert np.isfinite(float(metrics["loss"])) and not bool(metrics["params_finite"])
+
+
+def test_a_bfloat16_training_step_rounds_its_matmul_operands():
+    """``matmul_precision="bfloat16"`` reaches the step's loss: it is the bfloat16 loss of
+    :func:`lstm_fn.loss`, not the float32 one (which differs by ~5e-5 here)."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1, matmul_precision="bfloat16")
+    params = lstm_fn.init(jax.random.key(3), SMALL)
+    inputs, targets, reset = train_batch(ids(), 4, 16, 0)
+    state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+    _, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
+    rounded = float(lstm_fn.loss(params, SMALL, inputs, targets, precision="bfloat16")[0])
+    full = float(lstm_fn.loss(params, SMALL, inputs, targets)[0])
+    assert abs(rounded - full) > 1e-5  # else this test could not tell them apart
+    assert float(metrics["loss"]) == pytest.approx(rounded, abs=2e-6)
