@@ -211,8 +211,13 @@ def test_a_run_that_stopped_early_stays_stopped_on_resume(tmp_path, short_corpus
     again = invoke("pretrain", "--resume", *run)
     assert again.exit_code == 0 and "stopping early" in again.stderr, again.output
     assert "step 6" not in again.stderr
-    assert [r["step"] for r in metrics(tmp_path / "run")] == [2, 4]
+    # an equal loss is no improvement: the model of the first evaluation stays at --out
+    assert [(r["step"], r["best"]) for r in metrics(tmp_path / "run")] == [(2, True), (4, False)]
     assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    # and its checkpoint is not written again (the run's seconds would change)
+    after = listing(tmp_path / "run")
+    assert {k: v for k, v in after.items() if k.startswith("checkpoints")} == \
+        {k: v for k, v in before.items() if k.startswith("checkpoints")}
 
 
 def test_a_resumed_run_compiles_its_step_once(tmp_path, short_corpus, caplog):
@@ -233,3 +238,22 @@ def test_a_finished_run_resumed_without_limits_keeps_its_own(tmp_path, short_cor
     assert result.exit_code == 0, result.output
     assert last_checkpoint(tmp_path / "run") == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["steps"] == 2
+
+
+def test_a_resumed_run_keeps_its_clock_and_the_score_of_the_model_at_out(tmp_path, short_corpus):
+    """A checkpoint's ``seconds`` and ``saved_best`` carry on: the resumed run's metrics count
+    the time before the resume, and a model is written to --out only when it beats the one
+    there (whose score may come from the evaluation after a run's last step, which the
+    tracker's best leaves out). Both are set in the checkpoint to values no run reaches."""
+    run = two_step_run(tmp_path, short_corpus)
+    best = (tmp_path / "m.json").read_bytes()
+    meta_file = tmp_path / "run" / "checkpoints" / "00000002" / "meta" / "metadata"
+    document = json.loads(meta_file.read_text())
+    assert document["meta"]["saved_best"] == document["meta"]["tracker"]["best"]
+    document["meta"].update(seconds=1000.0, saved_best=0.0)
+    meta_file.write_text(json.dumps(document))
+    result = invoke("pretrain", "--resume", *run, "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+    first, second = metrics(tmp_path / "run")
+    assert first["seconds"] < 1000 <= second["seconds"]
+    assert not second["best"] and (tmp_path / "m.json").read_bytes() == best
