@@ -41,19 +41,20 @@ def test_a_model_too_big_for_memory_is_refused(tmp_path, short_corpus):
 
 def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_corpus):
     """--epochs alone runs ceil(epochs * windows) steps of the train split cut by the given
-    (unequal) fractions; with --steps too, whichever comes first."""
+    (unequal) fractions (a part of a window is a whole step); with --steps too, whichever
+    comes first."""
     fractions = ["--val-fraction", "0.1", "--test-fraction", "0.02"]
-    result = invoke("pretrain", short_corpus, *TINY, *fractions, "--epochs", "0.5",
+    result = invoke("pretrain", short_corpus, *TINY, *fractions, "--epochs", "0.45",
                     "--eval-every", "1000", "--run-dir", tmp_path / "run", "--out",
                     tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
-    assert train["steps"] is None and train["epochs"] == 0.5
+    assert train["steps"] is None and train["epochs"] == 0.45
     ids = lstm_fn.Vocab.from_text(SHORT_TEXT).encode(SHORT_TEXT)
     parts = [len(part) for part in lstm_fn.data.split(ids, (0.88, 0.1, 0.02))]
     assert "splits {:,}/{:,}/{:,}".format(*parts) in result.stderr
     windows = lstm_fn.data.windows_per_epoch(parts[0], 4, 16)  # TINY's batch and window
-    assert last_checkpoint(tmp_path / "run") == -(-windows // 2) > 2
+    assert windows == 24 and last_checkpoint(tmp_path / "run") == 11  # 10.8 windows
     result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--steps", "2",
                     "--run-dir", tmp_path / "run2", "--out", tmp_path / "m2.json")
     assert result.exit_code == 0 and last_checkpoint(tmp_path / "run2") == 2
@@ -92,6 +93,10 @@ def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path
     np.testing.assert_allclose(grown["head"]["b"][len(old_b):], old_b.min() - np.log(50),
                                rtol=1e-6)
     np.testing.assert_array_equal(grown["embed"][:len(old_b)], params["embed"])
+    # new embedding rows are drawn at the spread of the old ones (here 10x an untrained one's)
+    wide = grow_vocab({**params, "embed": params["embed"] * 10}, cfg, 50, jax.random.key(0))
+    assert np.std(wide["embed"][len(old_b):]) == pytest.approx(
+        np.std(wide["embed"][:len(old_b)]), rel=0.2)
     corpus = tmp_path / "new.txt"
     corpus.write_text(SHORT_TEXT.replace("cat", "CAT"), encoding="utf-8")
     result = invoke("fine-tune", corpus, "--from", model_file, "--freeze", "head",
@@ -99,6 +104,27 @@ def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "t.json")
     assert result.exit_code == 0, result.output
     assert "--freeze head keeps the output weights of the 3 new character(s)" in result.stderr
+    # a resume grows the base model the same way before restoring the checkpoint into it
+    result = invoke("fine-tune", "--resume", "--run-dir", tmp_path / "run", "--steps", "4")
+    assert result.exit_code == 0 and "resumed from checkpoint 2" in result.stderr, result.output
+    assert lstm_fn.load_weights(tmp_path / "t.json")[1].vocab_size == len(old_b) + 3
+
+
+def test_a_fine_tune_of_a_bytes_model_reads_its_corpus_as_bytes(tmp_path, short_corpus):
+    """Without --vocab a fine-tune reads the corpus as its base model does: a bytes model's
+    run is a bytes run (the record says so), with no symbol added."""
+    vocab = lstm_fn.Vocab.bytes()
+    cfg = lstm_fn.ModelConfig("lstm", len(vocab), embed_size=8, hidden_size=32, num_layers=2)
+    lstm_fn.save_weights(tmp_path / "base.json", lstm_fn.init(jax.random.key(0), cfg), cfg,
+                         vocab)
+    result = invoke("fine-tune", short_corpus, "--from", tmp_path / "base.json", "--steps", "2",
+                    "--eval-every", "2", "--batch-size", "4", "--seq-len", "16",
+                    "--sample-every", "0", "--run-dir", tmp_path / "run",
+                    "--out", tmp_path / "t.json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["train"]["vocab"] == record["encoding"] == "bytes"
+    assert len(record["vocab"]) == 256 and "added" not in result.stderr
 
 
 def test_a_removed_best_model_is_reported_as_removed(finished_run, tmp_path):
@@ -133,12 +159,60 @@ def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
 
 
 def test_without_held_out_splits_the_training_loss_is_named_as_such(tmp_path, short_corpus):
+    """A validation split of one character (0.0006 of the text) predicts nothing: it counts
+    as empty, as a test split of none does."""
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--eval-every", "2",
-                    "--val-fraction", "0", "--test-fraction", "0", "--run-dir", tmp_path / "run",
-                    "--out", tmp_path / "m.json")
+                    "--val-fraction", "0.0006", "--test-fraction", "0",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
+    assert "splits 1,799/1/0" in result.stderr
     assert "the validation split is empty" in result.stderr
     assert "val (no validation split: the training loss)" in result.stderr
     assert "test split: 0 character(s), nothing to score" in result.stderr
     [record] = metrics(tmp_path / "run")
     assert record["val_loss"] == record["train_loss"]
+
+
+def test_each_evaluation_reports_the_mean_training_loss_since_the_one_before(tmp_path,
+                                                                             short_corpus,
+                                                                             monkeypatch):
+    """metrics.jsonl's train_loss is the mean of the steps' losses since the previous
+    evaluation (not of the whole run, nor the last step's), and val_bpc is val_loss in bits."""
+    from lstm_fn import loop
+    from lstm_fn.console import Progress
+
+    shown = {}  # the loss of each step, as the progress line gets it
+
+    class Recording(Progress):
+        def show(self, step, loss, *args, **kwargs):
+            shown[step] = loss
+            return super().show(step, loss, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "Progress", Recording)
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    records = metrics(tmp_path / "run")
+    assert [r["step"] for r in records] == [2, 4] and sorted(shown) == [1, 2, 3, 4]
+    assert [r["train_loss"] for r in records] == pytest.approx(
+        [np.mean([shown[1], shown[2]]), np.mean([shown[3], shown[4]])], rel=1e-12)
+    assert shown[1] != shown[3]  # else the means could not tell the intervals apart
+    for record in records:
+        assert record["val_bpc"] == pytest.approx(record["val_loss"] / np.log(2), rel=1e-12)
+
+
+def test_minutes_stop_the_run_after_that_many_minutes(tmp_path, short_corpus, monkeypatch):
+    """--minutes is a budget in minutes of the run's own clock: with a clock that moves one
+    second each time the loop reads it, --minutes 0.5 stops after some steps, not at once."""
+    import itertools
+    import types
+
+    from lstm_fn import loop
+
+    ticks = itertools.count(0.0, 1.0)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+    result = invoke("pretrain", short_corpus, *TINY, "--minutes", "0.5", "--eval-every", "1000",
+                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert "time budget of 0.5 minutes reached" in result.stderr
+    assert 2 <= last_checkpoint(tmp_path / "run") < 30
