@@ -320,3 +320,20 @@ def test_a_bfloat16_training_step_rounds_its_matmul_operands():
     full = float(lstm_fn.loss(params, SMALL, inputs, targets)[0])
     assert abs(rounded - full) > 1e-5  # else this test could not tell them apart
     assert float(metrics["loss"]) == pytest.approx(rounded, abs=2e-6)
+
+
+def test_frozen_parts_count_neither_in_the_gradient_norm_nor_in_its_clipping():
+    """Frozen tensors' gradients are zeroed before clipping: the reported norm is the trained
+    tensors' alone, and a clipped update moves them by exactly grad_clip (plain sgd)."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1, optimizer="sgd", momentum=0.0,
+                       learning_rate=1.0, grad_clip=1e-3, freeze=("head",))
+    params = lstm_fn.init(jax.random.key(3), SMALL)
+    inputs, targets, reset = train_batch(ids(), 4, 16, 0)
+    grads = jax.grad(lambda p: lstm_fn.loss(p, SMALL, inputs, targets)[0])(params)
+    trained = float(global_norm({k: v for k, v in grads.items() if k != "head"}))
+    assert float(global_norm(grads["head"])) > 0.5 * trained  # freezing changes the norm
+    state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+    state, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
+    assert float(metrics["grad_norm"]) == pytest.approx(trained, rel=1e-4)
+    moved = global_norm(jax.tree.map(jnp.subtract, state["params"], params))
+    assert float(moved) == pytest.approx(1e-3, rel=1e-3)
