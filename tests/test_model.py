@@ -141,7 +141,7 @@ def test_init_conventions(cell):
             assert_close(block.T @ block, np.eye(H), atol=1e-5)
         expected_bias = np.zeros(G * H)
         if cell == "lstm":
-            expected_bias[spec.gate_slice("lstm", "f", H)] = spec.LSTM_FORGET_BIAS
+            expected_bias[spec.gate_slice("lstm", "f", H)] = 1.0  # the memory starts kept
         np.testing.assert_array_equal(layer["b_x"], expected_bias)
         np.testing.assert_array_equal(layer["b_h"], 0.0)
     assert cfg.num_params == sum(a.size for a in jax.tree.leaves(params))
@@ -226,7 +226,8 @@ def test_targets_and_mask_must_fit_the_tokens():
 def test_any_float_dtype_initializes_and_keeps_its_dtype():
     """init in half precision (the orthogonal blocks are drawn in float32); with bfloat16
     matmuls, loss and both gradients keep the params' dtype (bfloat16 params ran into a
-    scan carry of another dtype, float64 ones got float32 manual gradients)."""
+    scan carry of another dtype, float64 ones got float32 manual gradients; float16 ones
+    times a bfloat16-rounded w_h must not promote the carry to float32)."""
     from lstm_fn.bptt import manual_loss
 
     cfg = ModelConfig("lstm", 7, 3, 4, 2)
@@ -234,7 +235,7 @@ def test_any_float_dtype_initializes_and_keeps_its_dtype():
         assert {a.dtype for a in jax.tree.leaves(lstm_fn.init(jax.random.key(0), cfg, dtype))} \
             == {jnp.dtype(dtype)}
     tokens = jnp.array([[1, 2, 3, 0], [4, 4, 2, 1]])
-    for dtype in (jnp.bfloat16, jnp.float64):
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float64):
         with jax.enable_x64(dtype == jnp.float64):
             params = lstm_fn.init(jax.random.key(0), cfg, dtype)
             for loss in (lambda p: lstm_fn.loss(p, cfg, tokens, tokens, precision="bfloat16")[0],
@@ -243,6 +244,10 @@ def test_any_float_dtype_initializes_and_keeps_its_dtype():
                 value, grads = jax.jit(jax.value_and_grad(loss))(params)
                 assert value.dtype == dtype and np.isfinite(float(value))
                 assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(dtype)}
+    # a given carry is taken in the params' dtype (initial_state's default is float32)
+    params = lstm_fn.init(jax.random.key(0), cfg, jnp.bfloat16)
+    _, carry = lstm_fn.apply(params, cfg, tokens, lstm_fn.initial_state(cfg, 2))
+    assert {a.dtype for a in jax.tree.leaves(carry)} == {jnp.dtype(jnp.bfloat16)}
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
