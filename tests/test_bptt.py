@@ -186,6 +186,28 @@ def test_bfloat16_matmuls(cell):
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
+def test_bfloat16_weight_gradients_round_both_operands():
+    """With bfloat16, the backward's weight gradient (``dw_x = sum_t x_t^T dgx_t`` of
+    :func:`lstm_fn.bptt.project`) also rounds its operands to bfloat16 and sums in float32:
+    it equals that sum over rounded operands, not the float32 product."""
+    from lstm_fn.bptt import project
+
+    rng = np.random.default_rng(0)
+    xs, w_x, dgx = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+                    for shape in ((5, 3, 8), (8, 12), (5, 3, 12)))
+    _, vjp = jax.vjp(lambda x, w: project(x, w, "bfloat16"), xs, w_x)
+    _, dw = vjp(dgx)
+
+    def outer(a, b):
+        return jnp.einsum("tbi,tbg->ig", a, b, precision=jax.lax.Precision.HIGHEST)
+
+    def rounded(a):
+        return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+    np.testing.assert_allclose(dw, outer(rounded(xs), rounded(dgx)), rtol=1e-5, atol=1e-5)
+    assert relative_error(dw, outer(xs, dgx)) > 1e-4  # the rounding shows
+
+
 def test_manual_train_step_equals_autodiff():
     """The wiring of ``gradients="manual"`` through the real training step. One cell (the
     lstm, whose carry has two parts): the per-cell math is checked above in float64, and
