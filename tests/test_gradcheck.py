@@ -35,17 +35,21 @@ def test_gradcheck_problem_has_random_carry_and_biases():
 
 
 def test_the_commands_report_every_cell_and_fail_on_any(monkeypatch):
-    """``lstm-fn gradcheck`` checks the three cells, marks a row past its budget and exits 1
-    if any cell failed, the first one included; ``gradnorms`` lists the last step first."""
-    checked = []
+    """``lstm-fn gradcheck`` checks the three cells (by default 2 layers, T=30, H=6, no
+    dropout, seed 0), marks a row past its budget and exits 1 if any cell failed, the first
+    one included; ``gradnorms`` lists the last step first."""
+    checked, settings = [], set()
 
     def check(cell, num_layers, steps, **kwargs):
         checked.append(cell)
+        settings.add((num_layers, steps, *sorted(kwargs.items())))
         return [gradcheck.Row("w", (2,), 0.0, 1e-3 if cell == "rnn" else 0.0, 0.0, 0.0)]
 
     monkeypatch.setattr(gradcheck, "gradient_check", check)
     result = invoke("gradcheck")
     assert result.exit_code == 1 and checked == ["rnn", "lstm", "gru"], result.output
+    assert settings == {(2, 30, ("dropout", 0.0), ("hidden_size", 6), ("seed", 0))}
+    assert result.stdout.startswith("rnn: 2 layer(s), T=30, H=6, float64")
     assert [line.endswith("FAIL") for line in result.stdout.splitlines()
             if line.startswith("  w ")] == [True, False, False]
     assert result.stdout.endswith("FAILED: errors past budget\n")
