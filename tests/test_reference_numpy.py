@@ -183,6 +183,11 @@ def test_loss_mask_weights_positions():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     for a, b in zip(gradcheck.tree_leaves(weighted), gradcheck.tree_leaves(scaled)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    # an all-zero mask weighs nothing: loss 0 and no gradient (not 0 / 0)
+    value, grads, dcarry = rn.loss_and_grads(params, model, tokens, targets, carry, masks,
+                                             np.zeros_like(nll))
+    assert value == 0.0
+    assert not any(np.any(leaf) for leaf in gradcheck.tree_leaves((grads, dcarry)))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -270,6 +275,15 @@ def test_next_token_probs_top_p():
     np.testing.assert_allclose(next_token_probs(logits, top_p=0.76), top_three)
     np.testing.assert_allclose(next_token_probs(logits, top_k=3, top_p=1.0), top_three)
     np.testing.assert_allclose(next_token_probs(logits, top_k=2), top_two)
+
+
+def test_next_token_probs_at_a_tiny_temperature_is_the_argmax():
+    """The logits are shifted by their max before the division: at temperature 1e-3 the
+    largest of logits 800 apart is certain, with no overflow to inf / inf."""
+    from reference_numpy.sample import next_token_probs
+
+    np.testing.assert_array_equal(next_token_probs([0.0, 800.0, 1.0], temperature=1e-3),
+                                  [0.0, 1.0, 0.0])
 
 
 def test_unknown_cell_is_rejected():
