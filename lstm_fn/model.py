@@ -74,18 +74,24 @@ def cross_entropy(logits: jax.Array, targets: jax.typing.ArrayLike,
     """Mean softmax cross-entropy of ``logits [B, T, V]`` against ``targets [B, T]``, or
     ``sum(mask * nll) / sum(mask)`` with float ``mask [B, T]`` (0 when it is all zero).
     ValueError when targets or mask have another shape than the logits' ``[B, T]``, and for
-    a target outside ``[0, V)`` when there is no mask (with one, padding may hold any id)."""
-    targets = checked_tokens(targets, logits.shape[-1] if mask is None else None, "targets")
+    a target outside ``[0, V)`` when there is no mask. With one, padding (mask 0) may hold
+    any id, and a weighted position whose target is outside ``[0, V)`` makes the loss nan."""
+    vocab_size = logits.shape[-1]
+    targets = checked_tokens(targets, vocab_size if mask is None else None, "targets")
     if targets.shape != logits.shape[:2]:
         raise ValueError(f"targets must have the shape of the tokens, {list(logits.shape[:2])}, "
                          f"got {list(targets.shape)}")
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     if mask is None:
-        return nll.mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
     mask = jnp.asarray(mask)
-    if mask.shape != nll.shape:
-        raise ValueError(f"mask must have the shape of the tokens, {list(nll.shape)}, got "
+    if mask.shape != targets.shape:
+        raise ValueError(f"mask must have the shape of the tokens, {list(targets.shape)}, got "
                          f"{list(mask.shape)}")
+    # An id past V would read nan from the logits (and -1 the last column), and nan * 0 is
+    # nan: padding is scored against id 0 and then dropped, in the loss and its gradient.
+    valid = (targets >= 0) & (targets < vocab_size)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
+    nll = jnp.where(mask != 0, jnp.where(valid, nll, jnp.nan), 0.0)
     total = mask.sum()
     return (nll * mask).sum() / jnp.where(total > 0, total, 1.0)
 

@@ -202,6 +202,9 @@ def test_model_config_refuses_bad_values_by_name(field, value):
 
 
 def test_targets_and_mask_must_fit_the_tokens():
+    """Shapes are checked; padding under a zero mask may hold any id (-1, V, 99) and
+    changes neither the loss nor its gradient, while an out-of-range target that is
+    weighted makes the loss nan (an id past V read nan and made every loss nan)."""
     from lstm_fn.bptt import manual_loss
 
     cfg, params, tokens, _ = problem("gru")
@@ -215,10 +218,19 @@ def test_targets_and_mask_must_fit_the_tokens():
             loss(tokens, tokens, mask=np.ones((B, T + 1)))
         mask = np.zeros((B, T)).tolist()  # a list is taken like tokens and targets are
         assert float(loss(tokens, tokens, mask=mask)[0]) == 0.0
-        padded = tokens.at[:, -1].set(-1)  # padding under a zero mask may hold any id
-        assert np.isfinite(float(loss(tokens, padded, mask=mask)[0]))
         with pytest.raises(ValueError, match=r"targets must be ids in \[0, 11\), got -1"):
-            loss(tokens, padded)
+            loss(tokens, tokens.at[:, -1].set(-1))
+    # both losses end in model.cross_entropy
+    weights = np.ones((B, T)) - np.eye(T)[-1]
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p, targets: lstm_fn.loss(p, cfg, tokens, targets, mask=weights)[0]))
+    want, want_grads = value_and_grad(params, tokens)
+    for pad in (-1, cfg.vocab_size, 99):
+        got, grads = value_and_grad(params, tokens.at[:, -1].set(pad))
+        assert float(got) == float(want), pad
+        assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()),
+                                                grads, want_grads))), pad
+    assert np.isnan(float(value_and_grad(params, tokens.at[0, 0].set(cfg.vocab_size))[0]))
     with pytest.raises(ValueError, match="manual|B, T >= 1"):
         manual_loss(params, cfg, tokens[:, :0], tokens[:, :0])
 
