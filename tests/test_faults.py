@@ -284,65 +284,6 @@ def test_nan_loss_stops_with_exit_3_and_keeps_the_best_model(corpus, env, tmp_pa
     assert max(step for step, *_ in rows) <= stopped
 
 
-def test_parameters_that_became_non_finite_stop_the_run_like_a_nan_loss(tmp_path, short_corpus,
-                                                                        monkeypatch):
-    """A step whose loss is finite but whose update left a non-finite parameter
-    (``params_finite`` false) stops the run at once, as a NaN loss does: exit 3, the step
-    named, nothing saved from it. The flag is forced here at step 3, in-process."""
-    from lstm_fn import loop
-
-    make_train_step = loop.make_train_step
-
-    def flagging(*args, **kwargs):
-        step = make_train_step(*args, **kwargs)
-
-        def flagged(state, *batch):
-            state, metrics = step(state, *batch)
-            if int(state["step"]) == 3:
-                metrics = {**metrics, "params_finite": np.False_}
-            return state, metrics
-        return flagged
-
-    monkeypatch.setattr(loop, "make_train_step", flagging)
-    result = invoke("pretrain", short_corpus, *TINY, "--steps", "6", "--eval-every", "2",
-                    "--checkpoint-every", "2", "--run-dir", tmp_path / "run",
-                    "--out", tmp_path / "m.json")
-    assert result.exit_code == 3, result.output
-    assert "the parameters became non-finite at step 3; stopped without saving. Last good: " \
-           "checkpoint 2" in result.stderr, result.stderr
-    assert checkpoint_steps(tmp_path / "run") == [2]
-    assert [step for step, *_ in metrics(tmp_path / "run")] == [2]
-
-
-def test_an_interrupted_run_checkpoints_and_stops_without_evaluating(tmp_path, short_corpus,
-                                                                     monkeypatch):
-    """SIGTERM between steps (sent here by the process to itself after step 3): a checkpoint
-    at that step, exit 128 + 15, and no evaluation or test-split scoring after the last
-    step, which a finished run does (the run stops at once)."""
-    from lstm_fn import loop
-
-    make_train_step = loop.make_train_step
-
-    def signalling(*args, **kwargs):
-        step = make_train_step(*args, **kwargs)
-
-        def signalled(state, *batch):
-            state, metrics = step(state, *batch)
-            if int(state["step"]) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)  # recorded by the loop's handler
-            return state, metrics
-        return signalled
-
-    monkeypatch.setattr(loop, "make_train_step", signalling)
-    result = invoke("pretrain", short_corpus, *TINY, "--steps", "6", "--eval-every", "2",
-                    "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
-    assert result.exit_code == 128 + signal.SIGTERM, result.output
-    assert "interrupted at step 3: checkpoint saved" in result.stderr, result.stderr
-    assert checkpoint_steps(tmp_path / "run") == [3]
-    assert [step for step, *_ in metrics(tmp_path / "run")] == [2]
-    assert "test split" not in result.stderr
-
-
 # ----------------------------------------------------------------- full disk on resume
 
 @pytest.mark.slow
