@@ -3,7 +3,6 @@ file, ``plot`` on a run directory."""
 
 from __future__ import annotations
 
-
 import click
 
 from lstm_fn.cli_options import BadInput, Command, UserPath
@@ -51,17 +50,11 @@ def _read_prime(prime: str | None, vocab) -> str | bytes:
     return text
 
 
-def _in_vocabulary_form(prime: str | bytes, vocab) -> str | bytes:
-    """The prime, or where it has characters outside the vocabulary, the same text in the
-    Unicode normal form (NFC or NFD) that has none: "café" typed with a precomposed "é"
-    continues a corpus that wrote "e" + U+0301, and the other way round."""
-    fitting = None if isinstance(prime, bytes) else _fitting_normal_form(prime, vocab)
-    return prime if fitting is None else fitting[1]
-
-
 def _fitting_normal_form(text: str, vocab) -> tuple[str, str] | None:
     """``(form, text in that form)`` for the first of NFC and NFD that has no character
-    outside the vocabulary where ``text`` itself has some; else None."""
+    outside the vocabulary where ``text`` itself has some; else None. "café" typed with a
+    precomposed "é" then continues a corpus that wrote "e" + U+0301, and the other way
+    round."""
     import unicodedata
 
     if not vocab.missing(text):
@@ -102,7 +95,9 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
     from lstm_fn.weights import load_weights
 
     params, cfg, vocab = load_weights(model_path)
-    prime_data = _in_vocabulary_form(_read_prime(prime, vocab), vocab)
+    prime_data = _read_prime(prime, vocab)
+    if isinstance(prime_data, str) and (fitting := _fitting_normal_form(prime_data, vocab)):
+        prime_data = fitting[1]
     if missing := vocab.missing(prime_data):
         shown = ", ".join(map(repr, missing[:20]))
         raise BadInput(f"--prime has {len(missing)} character(s) not in the model's "
