@@ -51,22 +51,43 @@ def _fmt_time(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class Progress:
-    """One live status line on stderr (rewritten in place on a terminal, a line every 10 s
-    otherwise, so log files stay short)."""
+class _StatusLine:
+    """One status line on stderr: rewritten in place on a terminal (at most every 0.5 s),
+    a line every 10 s otherwise, so log files stay short."""
+
+    def __init__(self, last: float = 0.0):
+        self.tty = sys.stderr.isatty()
+        self.last = last
+
+    def _due(self, force: bool = False) -> float | None:
+        """The time now when a line is due (or forced), else None."""
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.tty else 10.0):
+            return None
+        self.last = now
+        return now
+
+    def _write(self, line: str) -> None:
+        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
+
+    def newline(self):
+        """End the line that was rewritten in place (a terminal only)."""
+        if self.tty:
+            _to_stderr("\n")
+
+
+class Progress(_StatusLine):
+    """Training's live status line: step, loss, pace, learning rate, time left."""
 
     def __init__(self, total_steps, minutes):
+        super().__init__()
         self.total, self.minutes = total_steps, minutes
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
 
     def show(self, step, loss, chars_per_s, lr, elapsed, force=False):
         """``chars_per_s`` is None until a step has been timed (a process's first step
         compiles): the line then gives neither the pace nor a time left by steps."""
-        now = time.monotonic()
-        if not force and now - self.last < (0.5 if self.tty else 10.0):
+        if self._due(force) is None:
             return
-        self.last = now
         remaining = []
         if self.total and chars_per_s is not None:
             remaining.append((self.total - step) * elapsed / max(step, 1))
@@ -75,35 +96,28 @@ class Progress:
         eta = f" | ETA {_fmt_time(max(min(remaining), 0))}" if remaining else ""
         of = f"/{self.total}" if self.total else ""
         pace = "" if chars_per_s is None else f" | {chars_per_s:,.0f} chars/s"
-        line = f"step {step}{of} | loss {loss:.4f}{pace} | lr {lr:.2e}{eta}"
-        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
-
-    def newline(self):
-        if self.tty:
-            _to_stderr("\n")
+        self._write(f"step {step}{of} | loss {loss:.4f}{pace} | lr {lr:.2e}{eta}")
 
 
-class ScoringProgress:
-    """A status line on stderr while a long text is scored, for `evaluate`'s ``on_window``
-    (in place on a terminal, a line every 10 s otherwise); nothing for a text scored within
-    the first half second (terminal) or ten seconds."""
+class ScoringProgress(_StatusLine):
+    """A status line while a long text is scored, for `evaluate`'s ``on_window``; nothing
+    for a text scored within the first half second (terminal) or ten seconds."""
 
     def __init__(self, total: int, label: str = "scored"):
+        super().__init__(last=time.monotonic())
         self.total, self.label = total, label
-        self.tty = sys.stderr.isatty()
-        self.started = self.last = time.monotonic()
-        self.shown = False
+        self.started, self.shown = self.last, False
 
     def __call__(self, done: int):
-        now = time.monotonic()
         if done >= self.total:
-            if self.shown and self.tty:
-                _to_stderr("\n")  # end the line that was rewritten in place
+            if self.shown:
+                self.newline()
             return
-        if now - self.last < (0.5 if self.tty else 10.0):
+        now = self._due()
+        if now is None:
             return
-        self.last, self.shown = now, True
+        self.shown = True
         rate = done / max(now - self.started, 1e-9)
-        line = (f"{self.label} {done:,}/{self.total:,} characters ({done / self.total:.0%}) | "
-                f"{rate:,.0f} chars/s | ETA {_fmt_time((self.total - done) / max(rate, 1e-9))}")
-        _to_stderr(("\r" + line + "\033[K") if self.tty else line + "\n")
+        eta = _fmt_time((self.total - done) / max(rate, 1e-9))
+        self._write(f"{self.label} {done:,}/{self.total:,} characters ({done / self.total:.0%}) "
+                    f"| {rate:,.0f} chars/s | ETA {eta}")
