@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 # Tests run in two worker processes (pyproject's addopts) and start more: on a GPU, none of
@@ -141,9 +143,16 @@ def finished_run(tmp_path_factory, short_corpus):
     return work
 
 
+def checkpoint_steps(run_dir) -> list[int]:
+    """The steps of a run directory's complete checkpoints, oldest first ([] for none)."""
+    folder = run_dir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.exists() else []
+
+
 def last_checkpoint(run_dir) -> int:
     """The newest checkpoint step in a run directory."""
-    return max(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    return checkpoint_steps(run_dir)[-1]
 
 
 def metrics(run) -> list[dict]:
@@ -159,3 +168,58 @@ def two_step_run(tmp_path, corpus) -> list:
     result = invoke("pretrain", corpus, *TINY, "--steps", "2", *run, "--out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
     return run
+
+
+# ------------------------------------------------ the console command in a subprocess, live
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: one persistent compile cache for the whole module, so only
+    its first process compiles."""
+    cache = os.environ.get("LSTM_FN_CACHE") or str(tmp_path_factory.mktemp("jaxcache"))
+    return {**os.environ, "LSTM_FN_CACHE": cache}
+
+
+class Child:
+    """The console command in a subprocess, its stderr lines collected with time stamps."""
+
+    def __init__(self, args, env):
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(lstm_fn_command(*args), env=env, text=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.lines = []  # (seconds since start, line)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append((time.monotonic() - self.started, line))
+
+    def wait_for(self, text, timeout=120.0) -> float | None:
+        """Seconds since start at which a stderr line holding ``text`` appeared; None if the
+        process ended first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for at, line in list(self.lines):
+                if text in line:
+                    return at
+            if self.proc.poll() is not None:
+                self.reader.join(5)
+                hits = [at for at, line in self.lines if text in line]
+                return hits[0] if hits else None
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.stderr}"
+            time.sleep(0.005)
+
+    def sleep_until(self, seconds_since_start: float) -> None:
+        """Sleep until then, or until the process ends."""
+        while time.monotonic() - self.started < seconds_since_start and self.proc.poll() is None:
+            time.sleep(0.002)
+
+    def finish(self, timeout=300) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "".join(line for _, line in self.lines)

@@ -1,13 +1,13 @@
 """How a run stops when something happens between two steps, in-process: parameters that
 became non-finite under a finite loss, and SIGTERM (the subprocess cases, kill -9, a NaN
-loss and Ctrl-C, are in test_faults.py)."""
+loss and Ctrl-C, are in test_kill.py and test_faults.py)."""
 
 import os
 import signal
 
 import numpy as np
 
-from conftest import TINY, invoke, metrics
+from conftest import TINY, checkpoint_steps, invoke, metrics
 
 
 def _after_step(monkeypatch, at: int, act) -> None:
@@ -28,10 +28,6 @@ def _after_step(monkeypatch, at: int, act) -> None:
     monkeypatch.setattr(loop, "make_train_step", wrapped)
 
 
-def _checkpoints(run_dir) -> list[int]:
-    return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
-
-
 def test_parameters_that_became_non_finite_stop_the_run_like_a_nan_loss(tmp_path, short_corpus,
                                                                         monkeypatch):
     """A step whose loss is finite but whose update left a non-finite parameter
@@ -44,7 +40,7 @@ def test_parameters_that_became_non_finite_stop_the_run_like_a_nan_loss(tmp_path
     assert result.exit_code == 3, result.output
     assert "the parameters became non-finite at step 3; stopped without saving. Last good: " \
            "checkpoint 2" in result.stderr, result.stderr
-    assert _checkpoints(tmp_path / "run") == [2]
+    assert checkpoint_steps(tmp_path / "run") == [2]
     assert [row["step"] for row in metrics(tmp_path / "run")] == [2]
 
 
@@ -62,6 +58,6 @@ def test_an_interrupted_run_checkpoints_and_stops_without_evaluating(tmp_path, s
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert result.exit_code == 128 + signal.SIGTERM, result.output
     assert "interrupted at step 3: checkpoint saved" in result.stderr, result.stderr
-    assert _checkpoints(tmp_path / "run") == [3]
+    assert checkpoint_steps(tmp_path / "run") == [3]
     assert [row["step"] for row in metrics(tmp_path / "run")] == [2]
     assert "test split" not in result.stderr
