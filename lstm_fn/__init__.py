@@ -6,19 +6,28 @@
     logits, carry = apply(params, cfg, tokens, carry)        # tokens int32 [B, T] -> [B, T, V]
     loss_value, carry = loss(params, cfg, tokens, targets, carry)
 
-The names below, and the submodules (``lstm_fn.train``, ``lstm_fn.sample``, ...), are
-imported on first use, so the command line starts (and answers ``--help``) without JAX.
+The layers, each importing only from the ones before it: :mod:`lstm_fn.nn` (the model, pure
+JAX) and :mod:`lstm_fn.text` (vocabulary, corpora, streams); :mod:`lstm_fn.config`,
+:mod:`lstm_fn.weights` and :mod:`lstm_fn.sampling`; :mod:`lstm_fn.training`;
+:mod:`lstm_fn.runs`; :mod:`lstm_fn.cli`. The names below are imported on first use, so the
+command line starts (and answers ``--help``) without JAX.
 """
 
 __version__ = "0.1.0"
 
 # Each public name and the module that defines it.
 _HOMES = {
-    "CELLS": "cells", "HiddenState": "cells", "LSTMState": "cells",
-    "ModelConfig": "config", "Vocab": "vocab",
-    "apply": "model", "dropout_masks": "model", "init": "model", "initial_state": "model",
-    "loss": "model",
+    "CELLS": "nn.cells", "HiddenState": "nn.cells", "LSTMState": "nn.cells",
+    "ModelConfig": "nn.config",
+    "apply": "nn.model", "cross_entropy": "nn.model", "dropout_masks": "nn.model",
+    "forward": "nn.model", "init": "nn.model", "initial_state": "nn.model", "loss": "nn.model",
+    "manual_loss": "nn.bptt", "generate": "nn.generate",
+    "Vocab": "text.vocab", "load_corpus": "text.corpus",
+    "TrainConfig": "config",
     "WeightsError": "weights", "load_weights": "weights", "save_weights": "weights",
+    "sample_text": "sampling",
+    "LstmFnError": "errors", "CorpusError": "errors", "ConfigError": "errors",
+    "RunError": "errors",
 }
 
 __all__ = sorted(_HOMES)

@@ -1,23 +1,29 @@
-"""Configuration: the model's and the training's frozen dataclasses, JSON config files
-(and the ones installed with the package) and command-line overrides.
+"""A run's settings: :class:`TrainConfig`, config files (and the ones installed with the
+package), and :func:`resolve`, the one place where a run's model and training settings are
+decided from its sources.
 
-A config file is ``{"model": {...}, "train": {...}}``; command-line options override single
-fields on top of it, and the resolved config is saved with every run. Unknown keys, wrong
-types and out-of-range values raise :class:`ConfigError` naming the key and what is allowed.
+A config file is ``{"model": {...}, "train": {...}}``. What a run uses, lowest to highest:
+``TrainConfig``'s and ``ModelConfig``'s defaults, the command's own defaults
+(:data:`COMMAND_DEFAULTS`), the config file, the options given on the command line. A
+fine-tune takes its architecture and vocabulary mode from its base model; a resume takes
+everything from the run's record, except the stopping rules given again. Unknown keys,
+wrong types and out-of-range values raise :class:`lstm_fn.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import json
 import math
-import numbers
 import types
 import typing
 from pathlib import Path
+from typing import Callable, NamedTuple
 
+from lstm_fn.errors import ConfigError
+from lstm_fn.nn.config import ModelConfig
 from reference_numpy import spec
+from reference_numpy.jsontext import utf8_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "plateau")
@@ -25,59 +31,50 @@ GRADIENTS = ("autodiff", "manual")
 STOPPING_RULES = ("steps", "epochs", "minutes")
 # The samples printed during training are generated whole, while the run waits.
 MAX_SAMPLE_LENGTH = 100_000
-# The model fields a config may set; vocab_size always comes from the corpus.
-MODEL_FIELDS = {"cell": str, "embed_size": int, "hidden_size": int, "num_layers": int,
-                "dropout": float}
+# The model fields a config may set, with their types; vocab_size comes from the text.
+MODEL_FIELDS = {name: kind for name, kind in typing.get_type_hints(ModelConfig).items()
+                if name != "vocab_size"}
+# The train defaults of each command where they differ from TrainConfig's; "steps" applies
+# only when no stopping rule is given anywhere (config file or command line).
+COMMAND_DEFAULTS = {"pretrain": {"steps": 5000},
+                    "fine-tune": {"steps": 1000, "learning_rate": 5e-4}}
 
 
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the key."""
+def _positive(value) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
 
 
-# Each layer is its own part of the traced program: thousands would take minutes to compile.
-MAX_LAYERS = 256
+def _non_negative(value) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a model. ``dropout`` is the drop probability applied to every
-    layer's output sequence during training (0 disables it); it is not part of a weights file."""
+def _interval(low, high, *, low_open=False, high_open=False) -> Callable:
+    def check(value) -> str | None:
+        ok = (value > low if low_open else value >= low) and \
+            (value < high if high_open else value <= high)
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return None if ok else f"must be in {interval}, got {value}"
+    return check
 
-    cell: str = "lstm"
-    vocab_size: int = 65
-    embed_size: int = 64
-    hidden_size: int = 256
-    num_layers: int = 2
-    dropout: float = 0.0
 
-    def __post_init__(self):
-        spec.num_gates(self.cell)
-        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"model.{name} must be an integer >= 1, got {value!r}")
-            object.__setattr__(self, name, int(value))  # numpy integers too, stored as int
-        if self.num_layers > MAX_LAYERS:
-            raise ValueError(f"model.num_layers must be <= {MAX_LAYERS} (each layer is a "
-                             f"separate part of the compiled program), got {self.num_layers}")
-        if self.vocab_size < 2:
-            raise ValueError(f"model.vocab_size must be >= 2, got {self.vocab_size}")
-        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real)
-                or not 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"model.dropout must be a number in [0, 1), got {self.dropout!r}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+def _one_of(*allowed) -> Callable:
+    return lambda value: None if value in allowed else \
+        f"must be one of {', '.join(allowed)}, got {value!r}"
 
-    def architecture(self) -> dict:
-        """The JSON ``model`` dict: the fields a weights file records."""
-        return {k: getattr(self, k) for k in spec.MODEL_KEYS}
 
-    @property
-    def num_params(self) -> int:
-        """Number of trainable scalars."""
-        shapes = spec.param_shapes(self.architecture())
-        return sum(math.prod(shape) for shape in (
-            shapes["embed"], *shapes["head"].values(),
-            *(shape for layer in shapes["layers"] for shape in layer.values())))
+def _sample_length(value) -> str | None:
+    if value < 0:
+        return f"must be >= 0, got {value}"
+    if value > MAX_SAMPLE_LENGTH:
+        return f"must be <= {MAX_SAMPLE_LENGTH:,} (a sample during training), got {value}"
+    return None
+
+
+def _freeze(parts) -> str | None:
+    for part in parts:
+        if part not in ("embed", "head") and not (part.isascii() and part.isdigit()):
+            return f"entries are 'embed', 'head' or a layer number, got {part!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +90,10 @@ class TrainConfig:
     ``plateau_patience`` evaluations without improvement). Each evaluation during training
     scores at most ``eval_chars`` characters of the validation split, spread over it (0: all
     of it), so a big corpus does not spend its time evaluating. ``gradients``: ``manual`` (the
-    hand-written BPTT of :mod:`lstm_fn.bptt`, measured faster for every cell) or
-    ``autodiff`` (``jax.grad`` of the plain scan); both give the same gradients.
-    ``matmul_precision``: ``float32``, or ``bfloat16`` operands with float32 sums for every
-    matmul of the training step (faster on CPUs with AMX and on GPUs; params, optimizer and
-    evaluation stay float32).
+    hand-written BPTT of :mod:`lstm_fn.nn.bptt`) or ``autodiff`` (``jax.grad`` of the plain
+    scan); both give the same gradients. ``matmul_precision``: ``float32``, or ``bfloat16``
+    operands with float32 sums for every matmul of the training step (params, optimizer and
+    evaluation stay float32). Each field's allowed values are in :data:`RULES`.
     """
 
     batch_size: int = 32
@@ -136,53 +132,45 @@ class TrainConfig:
         for name, kind in typing.get_type_hints(TrainConfig).items():
             value = _typed(f"train.{name}", getattr(self, name), kind)
             object.__setattr__(self, name, value)
-            if name != "seed" and isinstance(value, int) and value >= 2**31:
-                raise ConfigError(f"train.{name} must be < 2**31, got {value}")  # int32 on device
-        positive = ("batch_size", "seq_len", "decay_steps", "plateau_patience", "eval_every",
-                    "checkpoint_every", "keep_checkpoints", "steps", "epochs", "minutes",
-                    "patience")
-        for name in positive:
+            if name != "seed" and isinstance(value, int) and value >= 2**31:  # int32 on device
+                raise ConfigError(f"must be < 2**31, got {value}", f"train.{name}")
+        for name, rule in RULES.items():
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"train.{name} must be > 0, got {value}")
-        _in_range("train.learning_rate", self.learning_rate, 0, 10, low_open=True)
-        _in_range("train.weight_decay", self.weight_decay, 0, 1)
-        _in_range("train.momentum", self.momentum, 0, 1, high_open=True)
-        _in_range("train.grad_clip", self.grad_clip, 0, math.inf)
-        _in_range("train.min_lr_ratio", self.min_lr_ratio, 0, 1)
-        _in_range("train.decay_rate", self.decay_rate, 0, 1, low_open=True)
-        _in_range("train.plateau_factor", self.plateau_factor, 0, 1, low_open=True, high_open=True)
-        _in_range("train.val_fraction", self.val_fraction, 0, 0.5)
-        _in_range("train.test_fraction", self.test_fraction, 0, 0.5)
-        for name in ("warmup_steps", "eval_chars", "sample_every", "sample_length"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if self.sample_length > MAX_SAMPLE_LENGTH:
-            raise ConfigError(f"train.sample_length must be <= {MAX_SAMPLE_LENGTH:,} (a sample "
-                              f"during training), got {self.sample_length}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("vocab", spec.ENCODINGS), ("gradients", GRADIENTS),
-                              ("matmul_precision", spec.MATMUL_PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"train.{name} must be one of {', '.join(allowed)}, "
-                                  f"got {getattr(self, name)!r}")
-        for part in self.freeze:
-            if part not in ("embed", "head") and not (part.isascii() and part.isdigit()):
-                raise ConfigError(f"train.freeze entries are 'embed', 'head' or a layer number, "
-                                  f"got {part!r}")
+            if value is not None and (problem := rule(value)):
+                raise ConfigError(problem, f"train.{name}")
         object.__setattr__(self, "freeze", tuple(  # "01" and "1" name the same layer
             p if p in ("embed", "head") else str(int(p)) for p in self.freeze))
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.steps is None and self.epochs is None and self.minutes is None:
             raise ConfigError("train needs a stopping rule: set steps, epochs or minutes")
 
 
-def _in_range(key, value, low, high, *, low_open=False, high_open=False):
-    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"{key} must be in {interval}, got {value}")
+# What each TrainConfig field allows (its type is checked first); None is always allowed
+# where the type admits it.
+RULES: dict[str, Callable] = {
+    **dict.fromkeys(("batch_size", "seq_len", "decay_steps", "plateau_patience", "eval_every",
+                     "checkpoint_every", "keep_checkpoints", "steps", "epochs", "minutes",
+                     "patience"), _positive),
+    **dict.fromkeys(("warmup_steps", "eval_chars", "sample_every"), _non_negative),
+    "sample_length": _sample_length,
+    "learning_rate": _interval(0, 10, low_open=True),
+    "weight_decay": _interval(0, 1),
+    "momentum": _interval(0, 1, high_open=True),
+    "grad_clip": _interval(0, math.inf),
+    "min_lr_ratio": _interval(0, 1),
+    "decay_rate": _interval(0, 1, low_open=True),
+    "plateau_factor": _interval(0, 1, low_open=True, high_open=True),
+    "val_fraction": _interval(0, 0.5),
+    "test_fraction": _interval(0, 0.5),
+    "optimizer": _one_of(*OPTIMIZERS),
+    "schedule": _one_of(*SCHEDULES),
+    "vocab": _one_of(*spec.ENCODINGS),
+    "gradients": _one_of(*GRADIENTS),
+    "matmul_precision": _one_of(*spec.MATMUL_PRECISIONS),
+    "freeze": _freeze,
+    "seed": lambda value: None if 0 <= value < 2**32 else f"must be in [0, 2**32), got {value}",
+}
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+MODEL_DEFAULTS = {name: getattr(ModelConfig, name) for name in MODEL_FIELDS}
 
 
 def _typed(key: str, value, kind):
@@ -192,18 +180,18 @@ def _typed(key: str, value, kind):
         return None if value is None else _typed(key, value, args[0])
     if typing.get_origin(kind) is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+            raise ConfigError(f"must be a list of strings, got {value!r}", key)
         return tuple(_typed(key, v, str) for v in value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
         except OverflowError:  # an integer beyond float range
-            raise ConfigError(f"{key} must be a finite number, got an integer too large "
-                              "for a float") from None
+            raise ConfigError("must be a finite number, got an integer too large for a "
+                              "float", key) from None
     if kind is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {value}")
+        raise ConfigError(f"must be a finite number, got {value}", key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {kind.__name__}, got {value!r}")
+        raise ConfigError(f"must be {kind.__name__}, got {value!r}", key)
     return value
 
 
@@ -241,16 +229,16 @@ def read_config_file(path: str | Path | None) -> dict:
         names = ", ".join(sorted(p.stem for p in BUILT_IN_CONFIGS.glob("*.json")))
         hint = f" (built-in configs: {names})" if Path(path).name == str(path) else ""
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}{hint}") from None
-    body = raw.removeprefix(codecs.BOM_UTF8)  # as corpora and weights files: a BOM is dropped
     try:
-        doc = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config {path} is not UTF-8 text "
-                          f"(byte {len(raw) - len(body) + e.start})") from None
+        doc = json.loads(utf8_text(raw))
     except json.JSONDecodeError as e:
         raise ConfigError(f"config {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits
-        raise ConfigError(f"config {path} is not usable JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError as e:
+        raise ConfigError(f"config {path} is not usable JSON (nested too deeply)") from None
+    except ValueError as e:  # not UTF-8, or e.g. an integer with too many digits
+        raise ConfigError(f"config {path} is {str(e).splitlines()[0]}"
+                          if str(e).startswith("not UTF-8") else
+                          f"config {path} is not usable JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"config {path} must be a JSON object with 'model' and 'train'")
     if unknown := sorted(set(doc) - {"model", "train"}):
@@ -261,17 +249,112 @@ def read_config_file(path: str | Path | None) -> dict:
     return doc
 
 
-def resolve(doc: dict, model_overrides: dict, train_overrides: dict,
-            defaults: dict | None = None) -> tuple[dict, TrainConfig]:
-    """Merge defaults < config file < command line; returns ``(model dict, TrainConfig)``.
+class BaseModel(NamedTuple):
+    """What a fine-tune's base model decides about the run: its architecture and vocabulary
+    mode."""
 
-    ``None`` in the overrides means "not given on the command line".
+    model: ModelConfig
+    encoding: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A run's resolved settings. ``model`` is the ``model`` section (every
+    :class:`ModelConfig` field but ``vocab_size``, which the vocabulary gives); ``sources``
+    says where each value came from (``"train.steps": "command line"``), for the record."""
+
+    model: dict
+    train: TrainConfig
+    sources: dict
+
+
+def resolve(command: str, file: dict, given_model: dict, given_train: dict, *,
+            record: dict | None = None, base: BaseModel | None = None) -> RunConfig:
+    """Decide a run's settings from every source; the precedence is in the module docstring.
+
+    Args:
+      command: ``"pretrain"`` or ``"fine-tune"`` (its :data:`COMMAND_DEFAULTS`).
+      file: the config file's document (:func:`read_config_file`).
+      given_model, given_train: the options given on the command line by field name
+        (None: not given).
+      record: the ``model`` and ``train`` sections of the run being resumed, if any: the run
+        keeps them, and only its stopping rules may be given anew.
+      base: the base model of a fine-tune, whose architecture and vocabulary mode it keeps.
+
+    Raises ConfigError naming the setting for a value that is out of range, or that differs
+    from what the base model or the resumed run fixes.
     """
-    model = check_model_section({**doc["model"],
-                                 **{k: v for k, v in model_overrides.items() if v is not None}})
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    train = {**(defaults or {}), **doc["train"],
-             **{k: v for k, v in train_overrides.items() if v is not None}}
-    if unknown := sorted(set(train) - fields):
+    given_model = {k: v for k, v in given_model.items() if v is not None}
+    given_train = {k: v for k, v in given_train.items() if v is not None}
+    file_model = check_model_section(dict(file["model"]))
+    if unknown := sorted(set(file["train"]).union(given_train) - set(TRAIN_DEFAULTS)):
         raise ConfigError(f"unknown key train.{unknown[0]}; see `lstm-fn pretrain --help`")
-    return model, TrainConfig(**train)
+    layers = [("config file", file_model, file["train"]), ("command line", given_model,
+                                                            given_train)]
+    if record is not None:
+        return _resumed(record, layers)
+    defaults = dict(COMMAND_DEFAULTS[command])
+    if set(STOPPING_RULES) & (set(file["train"]) | set(given_train)):
+        defaults.pop("steps", None)
+    layers = [("default", MODEL_DEFAULTS, TRAIN_DEFAULTS), (f"{command} default", {}, defaults),
+              *layers]
+    model, train, sources = _merge(layers)
+    if base is not None:
+        _inherit(base, model, train, sources)
+    return RunConfig(model, TrainConfig(**train), sources)
+
+
+def _merge(layers) -> tuple[dict, dict, dict]:
+    """The model and train values of ``(source, model, train)`` layers, later ones winning,
+    and the source of each."""
+    model, train, sources = {}, {}, {}
+    for source, model_values, train_values in layers:
+        for section, values, merged in (("model", model_values, model),
+                                        ("train", train_values, train)):
+            merged.update(values)
+            sources.update({f"{section}.{key}": source for key in values})
+    return model, train, sources
+
+
+def _inherit(base: BaseModel, model: dict, train: dict, sources: dict) -> None:
+    """A fine-tune keeps its base model's architecture and vocabulary mode: refuse a
+    different value given for either, then take the base's."""
+    for key, value in base.model.section().items():
+        if key == "dropout":
+            continue
+        if sources[f"model.{key}"] != "default" and model[key] != value:
+            raise ConfigError(f"cannot fine-tune: the base model has model.{key} = {value!r}, "
+                              f"{model[key]!r} was given")
+        model[key], sources[f"model.{key}"] = value, "base model"
+    if sources["train.vocab"] != "default" and train["vocab"] != base.encoding:
+        raise ConfigError(f"the base model uses vocab {base.encoding!r}, not "
+                          f"{train['vocab']!r}; leave out --vocab or pass --vocab {base.encoding}")
+    train["vocab"], sources["train.vocab"] = base.encoding, "base model"
+
+
+def _resumed(record: dict, layers) -> RunConfig:
+    """A resumed run's settings: its record's, with only the stopping rules given anew; any
+    other value given must be the recorded one."""
+    recorded = TrainConfig(**{**TRAIN_DEFAULTS, **record["train"]})  # older than a field
+    model, train = dict(record["model"]), dataclasses.asdict(recorded)
+    sources = {f"model.{key}": "run record" for key in model}
+    sources.update({f"train.{key}": "run record" for key in train})
+    for source, given_model, given_train in layers:
+        for key, value in given_model.items():
+            if value != model.get(key):
+                raise ConfigError(f"is {model.get(key)!r} in the run, {value!r} was given",
+                                  f"model.{key}", prefix="--resume: ")
+        for key, value in given_train.items():
+            if key in STOPPING_RULES:
+                train[key], sources[f"train.{key}"] = value, source
+                continue
+            value = getattr(dataclasses.replace(recorded, **{key: value}), key)  # as stored
+            if value != getattr(recorded, key):
+                raise ConfigError(f"is {_shown(getattr(recorded, key))} in the run, "
+                                  f"{_shown(value)} was given", f"train.{key}",
+                                  prefix="--resume: ")
+    return RunConfig(model, TrainConfig(**train), sources)
+
+
+def _shown(value) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)

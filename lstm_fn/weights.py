@@ -1,31 +1,44 @@
-"""Save and load models as JSON weights (format version 1, see :mod:`reference_numpy.weights`).
+"""Save and load models as JSON weights files.
 
-The JSON reading, validation and atomic writing live in ``reference_numpy`` so that a file
-loads in numpy alone; this module converts to and from :class:`ModelConfig`, :class:`Vocab`
-and JAX arrays.
+The format (its reading, validation and atomic writing) lives in
+:mod:`reference_numpy.weights`, so that a file loads in numpy alone; this module converts to
+and from :class:`ModelConfig`, :class:`Vocab` and JAX arrays.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from lstm_fn.vocab import Vocab
-from lstm_fn.config import ModelConfig
+from lstm_fn.nn.config import ModelConfig
+from lstm_fn.text.vocab import Vocab
 from reference_numpy.weights import WeightsError, read_weights, write_weights
 
 __all__ = ["WeightsError", "save_weights", "load_weights"]
 
 
-def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig, vocab: Vocab) -> None:
+def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig,
+                 vocab: Vocab | Sequence[str]) -> None:
     """Write ``params`` with their architecture and vocabulary, atomically: a kill at any
     moment leaves ``path`` either the previous whole file or the new one.
 
-    Raises WeightsError (nothing written) when a parameter is not finite or a shape
-    disagrees with ``cfg``.
+    Args:
+      params: the params tree (:func:`lstm_fn.init`), JAX or numpy arrays.
+      cfg: the architecture; ``cfg.vocab_size`` must be the vocabulary's length.
+      vocab: a :class:`Vocab`, or any sequence of one-character strings (``list("abc")``,
+        ``"abc"``): the character of each token id, a "chars" vocabulary.
+
+    Raises WeightsError (nothing written) when a parameter is not finite, a shape disagrees
+    with ``cfg`` or the vocabulary is not one of distinct characters.
     """
+    if not isinstance(vocab, Vocab):
+        try:
+            vocab = Vocab.from_symbols(vocab)
+        except (ValueError, TypeError) as error:
+            raise WeightsError(f"vocab: {error}") from None
     write_weights(path, jax.device_get(params), cfg.architecture(), list(vocab.symbols),
                   vocab.encoding)
 
@@ -33,7 +46,8 @@ def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig, vocab:
 def load_weights(path: str | os.PathLike) -> tuple[dict, ModelConfig, Vocab]:
     """Read a weights file, validating everything first: ``(params, cfg, vocab)``.
 
-    Raises WeightsError naming the key at fault; nothing is returned half-loaded.
+    Raises WeightsError naming the file and the key at fault; nothing is returned
+    half-loaded.
     """
     try:
         params, model, symbols, encoding = read_weights(path)

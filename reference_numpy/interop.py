@@ -18,6 +18,10 @@ import numpy as np
 from . import spec
 from .weights import WeightsError, _check_model, _check_params
 
+# The class in torch.nn that computes each cell as the spec says (a cell without one has no
+# PyTorch module, though its weights still convert by name).
+TORCH_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
 
 def to_torch(params: dict, model: dict) -> dict[str, np.ndarray]:
     """``params`` (the JSON tree) -> a state dict of :func:`torch_module`, numpy arrays."""
@@ -59,7 +63,9 @@ def torch_module(model: dict, params: dict | None = None):
     import torch
 
     model = _check_model(dict(model))
-    recurrent = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[model["cell"]]
+    if model["cell"] not in TORCH_CLASSES:
+        raise ValueError(f"PyTorch has no module for the {model['cell']!r} cell")
+    recurrent = getattr(torch.nn, TORCH_CLASSES[model["cell"]])
 
     class CharModel(torch.nn.Module):
         def __init__(self):

@@ -20,6 +20,8 @@ import numpy as np
 
 from reference_numpy import spec
 from reference_numpy.atomic import atomic_write
+from reference_numpy.jsontext import utf8_text
+
 
 class WeightsError(ValueError):
     """A weights file that cannot be loaded; the message names the key at fault."""
@@ -161,15 +163,17 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict, list[str], str]:
     Raises :class:`WeightsError` (a ``ValueError``) naming the key for any invalid content,
     and ``OSError`` when the file cannot be read.
     """
-    text = Path(path).read_bytes()
+    raw = Path(path).read_bytes()
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
-    except UnicodeDecodeError as e:
-        raise WeightsError(f"not UTF-8 text at byte {e.start}") from None
+        doc = json.loads(utf8_text(raw), parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise WeightsError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except (ValueError, RecursionError) as e:  # e.g. an integer with too many digits
-        raise WeightsError(f"not usable JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise WeightsError("not usable JSON (nested too deeply)") from None
+    except ValueError as e:  # not UTF-8, or e.g. an integer with too many digits
+        first = str(e).splitlines()[0]
+        raise WeightsError(first if first.startswith("not UTF-8") else
+                           f"not usable JSON ({first})") from None
     return parse_weights(doc)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from reference_numpy import spec
+
 # GPUs default to TF32 matmuls; comparisons of numbers need true float32.
 jax.config.update("jax_default_matmul_precision", "float32")
 
@@ -27,7 +29,7 @@ F32_ATOL = 1e-5
 # Two float32 computations of the same quantity in a different order.
 F32_RTOL = 1e-5
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = spec.CELLS
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -73,7 +75,7 @@ def corpus(tmp_path_factory):
 
 def lstm_fn_command(*args) -> list[str]:
     """The real console command, as a subprocess argument list."""
-    return [sys.executable, "-m", "lstm_fn.cli", *map(str, args)]
+    return [sys.executable, "-m", "lstm_fn", *map(str, args)]
 
 
 def lstm_fn(*args, timeout=300, **kwargs):

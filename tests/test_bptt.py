@@ -6,13 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_fn import gradcheck
-from lstm_fn import model as M
-from lstm_fn.bptt import manual_layer, manual_loss
-from lstm_fn.cells import get_cell
+from lstm_fn.nn import gradcheck
+from lstm_fn.nn import model as M
+from lstm_fn.nn.bptt import manual_layer, manual_loss
+from lstm_fn.nn.cells import get_cell
 from lstm_fn.config import TrainConfig
-from lstm_fn.scan import layer_scan
-from lstm_fn.train import init_state, make_train_step
+from lstm_fn.nn.precision import matmul
+from lstm_fn.nn.scan import scan_recurrence
+from lstm_fn.training.state import TrainState
+from lstm_fn.training.step import make_train_step
 from reference_numpy import spec
 from reference_numpy.gradcheck import relative_error
 from conftest import CELLS
@@ -126,7 +128,7 @@ def test_forward_values_equal(cell):
         p0 = jax.tree.map(jnp.asarray, params["layers"][0])
         c0 = jax.tree.map(jnp.asarray, carry[0])
         hs, final = manual_layer(cell, p0, xs, c0)
-        ref_hs, ref_final = layer_scan(cell, p0, xs, c0)
+        ref_hs, ref_final, _ = scan_recurrence(cell, p0, matmul(xs, p0["w_x"]), c0)
     np.testing.assert_allclose(manual_value, auto_loss, rtol=1e-13)
     _assert_trees_close(auto_carry, manual_carry, 1e-13)
     _assert_trees_close((ref_hs, ref_final), (hs, final), 1e-13)
@@ -190,7 +192,7 @@ def test_bfloat16_weight_gradients_round_both_operands():
     """With bfloat16, the backward's weight gradient (``dw_x = sum_t x_t^T dgx_t`` of
     :func:`lstm_fn.bptt.project`) also rounds its operands to bfloat16 and sums in float32:
     it equals that sum over rounded operands, not the float32 product."""
-    from lstm_fn.bptt import project
+    from lstm_fn.nn.bptt import project
 
     rng = np.random.default_rng(0)
     xs, w_x, dgx = (jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -220,19 +222,19 @@ def test_manual_train_step_equals_autodiff():
     for gradients in ("autodiff", "manual"):
         tcfg = TrainConfig(batch_size=4, seq_len=16, steps=2, gradients=gradients)
         step = make_train_step(cfg, tcfg, tcfg.steps)
-        state = init_state(jax.tree.map(jnp.asarray, params), cfg, tcfg)
+        state = TrainState.fresh(jax.tree.map(jnp.asarray, params), cfg, tcfg)
         for reset in (True, False):  # the second step starts from the first one's carry
             state, metrics = step(state, batch[0], batch[1], jnp.asarray(reset))
         results[gradients] = (state, metrics)
     (auto, auto_metrics), (manual, manual_metrics) = results["autodiff"], results["manual"]
-    for a, b in zip(jax.tree.leaves(auto["params"]), jax.tree.leaves(manual["params"])):
+    for a, b in zip(jax.tree.leaves(auto.params), jax.tree.leaves(manual.params)):
         np.testing.assert_allclose(a, b, atol=TRAIN_ATOL, rtol=0)
-    for a, b in zip(jax.tree.leaves(auto["carry"]), jax.tree.leaves(manual["carry"])):
+    for a, b in zip(jax.tree.leaves(auto.carry), jax.tree.leaves(manual.carry)):
         np.testing.assert_allclose(a, b, atol=TRAIN_ATOL, rtol=0)
     np.testing.assert_allclose(auto_metrics["loss"], manual_metrics["loss"], rtol=1e-5)
     np.testing.assert_allclose(auto_metrics["grad_norm"], manual_metrics["grad_norm"], rtol=1e-4)
     # the two steps really trained: parameters moved away from the init
     assert max(float(jnp.abs(a - b).max()) for a, b in
-               zip(jax.tree.leaves(params), jax.tree.leaves(manual["params"]))) > 1e-3
+               zip(jax.tree.leaves(params), jax.tree.leaves(manual.params))) > 1e-3
     with pytest.raises(ValueError, match="reset must be one bool for all streams"):
         step(state, batch[0], batch[1], jnp.ones(4, bool))  # traced again: no compile

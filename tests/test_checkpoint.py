@@ -17,7 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lstm_fn import checkpoint
+from lstm_fn.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"data_position": 1234, "config": {"cell": "lstm", "hidden_size": 16},
@@ -114,7 +114,7 @@ def test_digest_covers_tree_paths_and_dtypes():
 def test_missing_or_empty_folder_means_no_checkpoint(tmp_path):
     assert checkpoint.restore(tmp_path / "absent", ABSTRACT) is None
     assert checkpoint.restore(tmp_path, ABSTRACT) is None
-    assert checkpoint.latest_step(tmp_path) is None
+    assert checkpoint.all_steps(tmp_path) == []
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint for step 3"):
         checkpoint.restore(tmp_path, ABSTRACT, step=3)  # a step asked for by number
     assert not (tmp_path / "absent").exists()  # reading creates nothing
@@ -124,7 +124,6 @@ def test_keeps_newest_n(tmp_path, caplog):
     save_steps(tmp_path, [1, 2, 3, 4, 5], keep=2)
     with caplog.at_level("DEBUG"):
         assert checkpoint.all_steps(tmp_path) == [4, 5]
-        assert checkpoint.latest_step(tmp_path) == 5
     # reading opens read-only managers on purpose: orbax's notice of it is not shown
     assert not [r for r in caplog.records if "read only" in r.getMessage()]
 
@@ -243,7 +242,7 @@ KILL_CHILD = r"""
 import sys
 import jax.numpy as jnp
 import numpy as np
-from lstm_fn import checkpoint
+from lstm_fn.training import checkpoint
 
 def big_state(step):  # 50 MB of incompressible float32
     w = np.random.default_rng(step).standard_normal(12_500_000, dtype=np.float32)

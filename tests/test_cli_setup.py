@@ -95,7 +95,7 @@ def test_training_whose_log_reader_leaves_stops_with_a_checkpoint(short_corpus, 
 @pytest.mark.parametrize("closed", ["<&- >&- 2>&-", ">&-"])
 def test_closed_descriptors_are_not_handed_to_the_files_a_command_opens(tmp_path, closed):
     opened = subprocess.run(
-        f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli_setup import "
+        f"{shlex.quote(sys.executable)} -c 'import sys; from lstm_fn.cli.setup import "
         f"standard_streams; standard_streams(); print(open(sys.argv[1], \"w\").fileno(), "
         f"file=open(sys.argv[2], \"w\"))' {tmp_path / 'a'} {tmp_path / 'fd'} {closed}",
         shell=True, timeout=60)
@@ -165,8 +165,8 @@ def test_help_starts_without_jax():
     public names still import on use."""
     code = ("import sys, lstm_fn, lstm_fn.cli\n"
             "assert 'jax' not in sys.modules, 'jax imported'\n"
-            "assert lstm_fn.ModelConfig is lstm_fn.config.ModelConfig\n"
-            "assert callable(lstm_fn.train.evaluate) and 'jax' in sys.modules\n")
+            "assert lstm_fn.ModelConfig is lstm_fn.nn.config.ModelConfig\n"
+            "assert callable(lstm_fn.load_weights) and 'jax' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -185,13 +185,13 @@ def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
     """The ETA is the sooner of --steps (at the pace so far) and --minutes, never below 0,
     in minutes and seconds below an hour, hours and minutes from one hour on; before the
     first timed step there is no pace to show."""
-    from lstm_fn.console import Progress
+    from lstm_fn.cli.console import Progress
 
     def eta(total, minutes, step, elapsed):
-        Progress(total, minutes).show(step, 1.0, 1000.0, 1e-3, elapsed, force=True)
+        Progress(total, minutes).show(step, 1.0, 1000.0, 1e-3, elapsed)
         return capsys.readouterr().err.rstrip("\n").rsplit(" | ETA ", 1)[-1]
 
-    Progress(100, None).show(25, 1.5, 1234.4, 2e-3, 1.0, force=True)
+    Progress(100, None).show(25, 1.5, 1234.4, 2e-3, 1.0)
     assert capsys.readouterr().err == "step 25/100 | loss 1.5000 | 1,234 chars/s | lr 2.00e-03 " \
                                       "| ETA 0m03s\n"
     assert eta(100, None, 25, 1200.0) == "1h00m"  # 75 steps left at 48 s each
@@ -199,16 +199,16 @@ def test_the_progress_line_counts_down_to_the_nearer_limit(capsys):
     assert eta(100, 1, 50, 50.0) == "0m10s"  # the minute runs out before the steps
     assert eta(None, 1, 5, 90.0) == "0m00s"  # past the limit: the step in flight ends it
     # a process's first step compiles: no pace and no time left by steps until one is timed
-    Progress(100, None).show(1, 4.2, None, 1e-3, 0.0, force=True)
+    Progress(100, None).show(1, 4.2, None, 1e-3, 0.0)
     assert capsys.readouterr().err == "step 1/100 | loss 4.2000 | lr 1.00e-03\n"
-    Progress(100, 2).show(1, 4.2, None, 1e-3, 30.0, force=True)
+    Progress(100, 2).show(1, 4.2, None, 1e-3, 30.0)
     assert capsys.readouterr().err == "step 1/100 | loss 4.2000 | lr 1.00e-03 | ETA 1m30s\n"
 
 
 def test_the_scoring_line_waits_ten_seconds_then_shows_the_pace(capsys, monkeypatch):
     """Off a terminal: nothing for the first 10 s (a short text says nothing), then one line
     per 10 s with the share done, the pace and the time left; nothing more at the end."""
-    from lstm_fn import console
+    from lstm_fn.cli import console
 
     clock = iter([100.0, 105.0, 111.0, 115.0, 122.0, 140.0])
     monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
@@ -225,7 +225,8 @@ def test_a_device_count_of_256_and_the_cache_folder_settings(monkeypatch, tmp_pa
     exists but takes no files (its permission bits may say otherwise) leaves it off."""
     import jax
 
-    from lstm_fn import cli_setup, parallel
+    from lstm_fn.cli import setup as cli_setup
+    from lstm_fn.training import parallel
 
     counts, settings = [], {}
     monkeypatch.setattr(parallel, "use_cpu_cores", counts.append)
@@ -260,3 +261,36 @@ def test_debug_shows_the_traceback_and_ctrl_c_is_one_line(tmp_path, model_file, 
     monkeypatch.setattr(lstm_fn.weights, "load_weights", interrupted)
     result = invoke("info", model_file)
     assert result.exit_code == 130 and result.stderr == "interrupted\n", result.output
+
+
+@pytest.mark.parametrize("error", [ValueError("operands could not be broadcast"),
+                                   KeyError("w_x"), ZeroDivisionError()])
+def test_an_unexpected_exception_is_named_as_a_bug(model_file, monkeypatch, error):
+    """Bad input is exit 2; anything lstm_fn did not expect (a ValueError from deep inside
+    JAX included) is a bug: one line saying so and how to see the traceback, exit 1."""
+    import lstm_fn.weights
+
+    def broken(path):
+        raise error
+
+    monkeypatch.setattr(lstm_fn.weights, "load_weights", broken)
+    result = invoke("info", model_file)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: internal error, a bug in lstm_fn: " + type(error).__name__)
+    assert line.endswith("rerun with --debug for the traceback")
+    assert isinstance(invoke("--debug", "info", model_file).exception, type(error))
+
+
+def test_an_operating_system_error_is_one_line_naming_the_file(model_file, monkeypatch):
+    import errno
+
+    import lstm_fn.weights
+
+    def unreadable(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(lstm_fn.weights, "load_weights", unreadable)
+    result = invoke("info", model_file)
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: Permission denied ({model_file})\n"

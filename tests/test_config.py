@@ -1,12 +1,14 @@
-"""The config loader: documented defaults, config files, precedence of defaults < file <
-command line, the bounds of each value, and the configs installed with the package."""
+"""The config loader: documented defaults, config files, the one resolution of a run's
+settings (defaults < command defaults < file < command line; a fine-tune's base model; a
+resume's record), the bounds of each value, and the configs installed with the package."""
 
 import math
 
 import pytest
 
-from lstm_fn.config import (BUILT_IN_CONFIGS, ConfigError, TrainConfig, config_file,
+from lstm_fn.config import (BUILT_IN_CONFIGS, BaseModel, ConfigError, TrainConfig, config_file,
                             read_config_file, resolve)
+from lstm_fn.nn.config import ModelConfig
 
 
 def test_documented_defaults():
@@ -32,10 +34,11 @@ def test_a_config_file_may_start_with_a_utf8_bom(tmp_path):
 def test_config_precedence_and_refusals(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"model": {"hidden_size": 32}, "train": {"steps": 7, "learning_rate": 0.1}}')
-    model, train = resolve(read_config_file(path), {"cell": "gru", "hidden_size": None},
-                           {"learning_rate": 0.5, "steps": None}, {"steps": 99, "seed": 3})
-    assert model == {"hidden_size": 32, "cell": "gru"}
-    assert (train.steps, train.learning_rate, train.seed) == (7, 0.5, 3)
+    run = resolve("pretrain", read_config_file(path), {"cell": "gru", "hidden_size": None},
+                  {"learning_rate": 0.5, "steps": None})
+    assert run.model == {"cell": "gru", "embed_size": 64, "hidden_size": 32, "num_layers": 2,
+                         "dropout": 0.0}
+    assert (run.train.steps, run.train.learning_rate, run.train.seed) == (7, 0.5, 0)
     for bad, message in [({"train": {"stepz": 1}}, "train.stepz"),
                          ({"train": {"steps": "10"}}, "train.steps must be int"),
                          ({"train": {"steps": 1, "dropout": 0.1}}, "train.dropout"),
@@ -43,7 +46,7 @@ def test_config_precedence_and_refusals(tmp_path):
                          ({"train": {"steps": 1, "matmul_precision": "float16"}},
                           "train.matmul_precision must be one of float32, bfloat16")]:
         with pytest.raises(ConfigError, match=message):
-            resolve({"model": {}, "train": {}, **bad}, {}, {}, {"steps": 1})
+            resolve("pretrain", {"model": {}, "train": {}, **bad}, {}, {})
     assert math.isclose(TrainConfig(steps=1, learning_rate=1).learning_rate, 1.0)
 
 
@@ -68,8 +71,8 @@ def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch)
     names = sorted(path.stem for path in BUILT_IN_CONFIGS.glob("*.json"))
     assert names == ["quick", "shakespeare"]
     for name in names:
-        model, train = resolve(read_config_file(config_file(name)), {}, {})
-        assert model["cell"] == "lstm" and train.steps > 0
+        run = resolve("pretrain", read_config_file(config_file(name)), {}, {})
+        assert run.model["cell"] == "lstm" and run.train.steps > 0
     (tmp_path / "quick").mkdir()  # a folder of that name does not hide it
     assert config_file("quick") == BUILT_IN_CONFIGS / "quick.json"
     (tmp_path / "quick").rmdir()
@@ -77,3 +80,84 @@ def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch)
     assert str(config_file("quick")) == "quick"
     with pytest.raises(ConfigError, match=r"quik: .*\(built-in configs: quick, shakespeare\)"):
         read_config_file(config_file("quik"))
+
+
+# The precedence of a fresh run's settings, lowest first: TrainConfig's defaults, the
+# command's own, the config file, the command line; the command's default steps only while
+# no stopping rule is given anywhere.
+PRECEDENCE = [
+    # command, config file's train, command line's train, expected, their sources
+    ("pretrain", {}, {}, {"steps": 5000, "learning_rate": 2e-3},
+     {"steps": "pretrain default", "learning_rate": "default"}),
+    ("fine-tune", {}, {}, {"steps": 1000, "learning_rate": 5e-4},
+     {"steps": "fine-tune default", "learning_rate": "fine-tune default"}),
+    ("fine-tune", {"learning_rate": 0.01}, {}, {"learning_rate": 0.01},
+     {"learning_rate": "config file"}),
+    ("pretrain", {"learning_rate": 0.01}, {"learning_rate": 0.02}, {"learning_rate": 0.02},
+     {"learning_rate": "command line"}),
+    ("pretrain", {"minutes": 2}, {}, {"steps": None, "minutes": 2.0},
+     {"steps": "default", "minutes": "config file"}),
+    ("fine-tune", {}, {"epochs": 1.5}, {"steps": None, "epochs": 1.5},
+     {"steps": "default", "epochs": "command line"}),
+    ("pretrain", {"steps": 10}, {"minutes": 1.0}, {"steps": 10, "minutes": 1.0},
+     {"steps": "config file", "minutes": "command line"}),
+    ("pretrain", {"steps": 10}, {"steps": None}, {"steps": 10}, {"steps": "config file"}),
+]
+
+
+@pytest.mark.parametrize("command, file, typed, expected, sources", PRECEDENCE)
+def test_a_fresh_runs_settings_by_precedence(command, file, typed, expected, sources):
+    run = resolve(command, {"model": {}, "train": file}, {}, typed)
+    assert {k: getattr(run.train, k) for k in expected} == expected
+    assert {k: run.sources[f"train.{k}"] for k in sources} == sources
+
+
+def test_model_settings_by_precedence():
+    run = resolve("pretrain", {"model": {"hidden_size": 32, "cell": "rnn"}, "train": {}},
+                  {"cell": "gru", "num_layers": None}, {})
+    assert run.model == {"cell": "gru", "embed_size": 64, "hidden_size": 32, "num_layers": 2,
+                         "dropout": 0.0}
+    assert [run.sources[f"model.{k}"] for k in ("cell", "hidden_size", "embed_size")] == \
+        ["command line", "config file", "default"]
+
+
+BASE = BaseModel(ModelConfig("gru", 30, embed_size=8, hidden_size=16, num_layers=1), "bytes")
+
+
+def test_a_fine_tune_keeps_its_base_models_architecture_and_vocabulary():
+    run = resolve("fine-tune", {"model": {"dropout": 0.1}, "train": {}}, {}, {}, base=BASE)
+    assert run.model == {"cell": "gru", "embed_size": 8, "hidden_size": 16, "num_layers": 1,
+                         "dropout": 0.1}
+    assert run.train.vocab == "bytes" and run.sources["train.vocab"] == "base model"
+    same = resolve("fine-tune", {"model": {}, "train": {}}, {"hidden_size": 16},
+                   {"vocab": "bytes"}, base=BASE)
+    assert same.model["hidden_size"] == 16
+    for model, train, message in [({"hidden_size": 32}, {}, "model.hidden_size = 16, 32 was"),
+                                  ({"cell": "lstm"}, {}, "model.cell = 'gru', 'lstm' was"),
+                                  ({}, {"vocab": "chars"}, "uses vocab 'bytes', not 'chars'")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve("fine-tune", {"model": {}, "train": {}}, model, train, base=BASE)
+
+
+RECORD = {"model": {"cell": "lstm", "embed_size": 8, "hidden_size": 32, "num_layers": 2,
+                    "dropout": 0.0},
+          "train": {"steps": 40, "learning_rate": 0.01, "batch_size": 4, "freeze": ["1"]}}
+
+
+def test_a_resume_keeps_the_record_and_takes_only_stopping_rules_anew():
+    kept = resolve("pretrain", {"model": {}, "train": {}}, {}, {}, record=RECORD)
+    assert kept.model == RECORD["model"] and kept.train.steps == 40
+    assert kept.train.learning_rate == 0.01 and kept.train.freeze == ("1",)
+    assert kept.train.seq_len == 128  # missing from an older record: TrainConfig's default
+    assert kept.sources["train.learning_rate"] == "run record"
+    more = resolve("pretrain", {"model": {}, "train": {"minutes": 3}}, {"cell": "lstm"},
+                   {"steps": 80, "learning_rate": 0.01, "freeze": ("01",)}, record=RECORD)
+    assert (more.train.steps, more.train.minutes, more.train.learning_rate) == (80, 3.0, 0.01)
+    assert more.sources["train.steps"] == "command line"
+    assert more.sources["train.minutes"] == "config file"
+    for model, train, key in [({"hidden_size": 16}, {}, "model.hidden_size"),
+                              ({}, {"learning_rate": 0.1}, "train.learning_rate"),
+                              ({}, {"seq_len": 64}, "train.seq_len")]:
+        with pytest.raises(ConfigError, match=f"--resume: {key} is .* in the run") as error:
+            resolve("pretrain", {"model": {}, "train": {}}, model, train, record=RECORD)
+        assert error.value.key == key

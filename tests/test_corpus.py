@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from lstm_fn import data
-from lstm_fn.data import CorpusError, Vocab, load_corpus
+from lstm_fn.text import corpus as data
+from lstm_fn.errors import CorpusError
+from lstm_fn.text.corpus import load_corpus
+from lstm_fn.text.vocab import Vocab
 
 # The repository's parent folder holds shared/ (a checkout elsewhere simply skips these tests).
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"

@@ -1,12 +1,13 @@
-"""lstm_fn.data: splits, training windows and evaluation batches (no JAX)."""
+"""lstm_fn.text.streams: splits, training windows and evaluation batches (no JAX)."""
 import math
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from lstm_fn.data import (MIN_EVAL_STREAM, CorpusError, check_batch_fits, eval_batches,
-                          eval_streams, nats_to_metrics, split, train_batch, windows_per_epoch)
+from lstm_fn.errors import CorpusError
+from lstm_fn.text.streams import (MIN_EVAL_STREAM, check_batch_fits, eval_batches, eval_streams,
+                                  split, train_batch, windows_per_epoch)
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 100, 1001])
@@ -153,12 +154,3 @@ def test_eval_streams_are_long_and_at_most_the_batch():
     assert eval_streams(2 * MIN_EVAL_STREAM - 1, 32) == 1  # one stream: exact
     assert eval_streams(2 * MIN_EVAL_STREAM, 32) == 2
     assert eval_streams(10**9, 32) == 32 and eval_streams(10**9, 1) == 1
-
-
-def test_nats_to_metrics():
-    metrics = nats_to_metrics(math.log(2))
-    assert metrics["loss"] == pytest.approx(math.log(2))
-    assert metrics["bpc"] == pytest.approx(1.0)
-    assert metrics["perplexity"] == pytest.approx(2.0)
-    assert nats_to_metrics(1e6)["perplexity"] == math.inf
-    assert nats_to_metrics(699.0)["perplexity"] == pytest.approx(math.exp(699.0))  # finite

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import invoke
-from lstm_fn import gradcheck
+from lstm_fn.nn import gradcheck
 
 
 def test_gradient_check_detects_a_wrong_bptt(monkeypatch):

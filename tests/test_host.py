@@ -9,15 +9,16 @@ import pytest
 # Page faults per training step of a 1x256 lstm (B=32, T=128: ~40 MB of XLA scratch per step).
 PROGRAM = """
 import resource, sys
-from lstm_fn.host import reuse_freed_memory
+from lstm_fn.cli.host import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "tuned" else False
 import jax, jax.numpy as jnp
 import lstm_fn
 from lstm_fn.config import TrainConfig
-from lstm_fn.train import init_state, make_train_step
+from lstm_fn.training.state import TrainState
+from lstm_fn.training.step import make_train_step
 cfg = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=8, hidden_size=256, num_layers=1)
 tcfg = TrainConfig(batch_size=32, seq_len=128, steps=10)
-state = init_state(lstm_fn.init(jax.random.key(0), cfg), cfg, tcfg)
+state = TrainState.fresh(lstm_fn.init(jax.random.key(0), cfg), cfg, tcfg)
 step = make_train_step(cfg, tcfg, 10)
 x = jnp.zeros((32, 128), jnp.int32)
 reset = jnp.asarray(False)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import lstm_fn
 from lstm_fn.config import ConfigError, TrainConfig, read_config_file, resolve
-from lstm_fn.model import ModelConfig
+from lstm_fn.nn.config import ModelConfig
 from lstm_fn.weights import WeightsError, load_weights
 from reference_numpy import spec
 from reference_numpy.weights import read_weights
@@ -164,18 +164,18 @@ def _check_config_outcome(path: Path):
     ValueError), or ConfigError; nothing else."""
     try:
         doc = read_config_file(path)
-        model, train = resolve(doc, {}, {}, {"steps": 10})
+        run = resolve("pretrain", doc, {}, {})
     except ConfigError:
         return
-    assert isinstance(train, TrainConfig)
-    assert set(model) <= {"cell", "embed_size", "hidden_size", "num_layers", "dropout"}
+    assert isinstance(run.train, TrainConfig)
+    assert set(run.model) == {"cell", "embed_size", "hidden_size", "num_layers", "dropout"}
     try:
-        ModelConfig(**model, vocab_size=10)
-    except ValueError:
+        ModelConfig(**run.model, vocab_size=10)
+    except ConfigError:
         pass
     # The same sections given as overrides (as the command line does) behave alike.
     try:
-        resolve({"model": {}, "train": {}}, dict(doc["model"]), dict(doc["train"]))
+        resolve("fine-tune", {"model": {}, "train": {}}, dict(doc["model"]), dict(doc["train"]))
     except ConfigError:
         pass
 

@@ -8,9 +8,10 @@ import pytest
 
 import lstm_fn
 import reference_numpy as ref
-from lstm_fn import gradcheck
-from lstm_fn.cells import get_cell
-from lstm_fn.model import ModelConfig, dropout_masks
+from lstm_fn.nn import gradcheck
+from lstm_fn.nn.cells import get_cell
+from lstm_fn.nn.config import ModelConfig
+from lstm_fn.nn.model import dropout_masks
 from reference_numpy import spec
 from conftest import CELLS, assert_close
 
@@ -151,7 +152,7 @@ def test_init_conventions(cell):
 def test_plain_tuples_lists_and_none_are_accepted_as_inputs(cell):
     """A carry from reference_numpy (plain tuples), token lists, and carry=None in the
     hand-written path give what the documented types give."""
-    from lstm_fn.bptt import manual_loss
+    from lstm_fn.nn.bptt import manual_loss
 
     cfg, params, tokens, carry = problem(cell)
     logits, final = lstm_fn.apply(params, cfg, tokens, carry)
@@ -197,7 +198,7 @@ def test_model_config_takes_numpy_numbers():
 @pytest.mark.parametrize("field, value", [("cell", "tcn"), ("num_layers", 0), ("hidden_size", -3),
                                           ("dropout", 1.0), ("vocab_size", 1)])
 def test_model_config_refuses_bad_values_by_name(field, value):
-    with pytest.raises(ValueError, match=field if field != "cell" else "unknown cell"):
+    with pytest.raises(ValueError, match=field if field != "cell" else "model.cell must be one of rnn, lstm, gru"):
         ModelConfig(**{field: value})
 
 
@@ -205,7 +206,7 @@ def test_targets_and_mask_must_fit_the_tokens():
     """Shapes are checked; padding under a zero mask may hold any id (-1, V, 99) and
     changes neither the loss nor its gradient, while an out-of-range target that is
     weighted makes the loss nan (an id past V read nan and made every loss nan)."""
-    from lstm_fn.bptt import manual_loss
+    from lstm_fn.nn.bptt import manual_loss
 
     cfg, params, tokens, _ = problem("gru")
     B, T = tokens.shape
@@ -240,7 +241,7 @@ def test_any_float_dtype_initializes_and_keeps_its_dtype():
     matmuls, loss and both gradients keep the params' dtype (bfloat16 params ran into a
     scan carry of another dtype, float64 ones got float32 manual gradients; float16 ones
     times a bfloat16-rounded w_h must not promote the carry to float32)."""
-    from lstm_fn.bptt import manual_loss
+    from lstm_fn.nn.bptt import manual_loss
 
     cfg = ModelConfig("lstm", 7, 3, 4, 2)
     for dtype in (jnp.bfloat16, jnp.float16):
@@ -293,3 +294,67 @@ def test_dropout_masks_values_rate_and_independence():
         assert abs((m == 0).mean() - 0.3) < 0.02
         assert abs(m.mean() - 1.0) < 0.03
     assert np.mean((masks[0] > 0) == (masks[1] > 0)) < 0.7
+
+
+def test_one_forward_pass_serves_autodiff_bptt_evaluation_and_sampling(monkeypatch):
+    """The layer stack and the head are written once (``lstm_fn.nn.model.forward``): a
+    head that gives every character the same logit reaches the plain scan, the hand-written
+    BPTT, exact evaluation and generation alike (uniform: log V nats; greedy picks id 0)."""
+    from lstm_fn.nn import model
+    from lstm_fn.nn.bptt import manual_loss
+    from lstm_fn.training.evaluate import evaluate
+
+    cfg = ModelConfig("gru", vocab_size=7, embed_size=3, hidden_size=5, num_layers=2)
+    params = lstm_fn.init(jax.random.key(3), cfg)
+    tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
+    uniform = np.log(cfg.vocab_size)
+    jax.clear_caches()  # the programs compiled below must see the new head
+    monkeypatch.setattr(model, "head", lambda p, top, precision="float32":
+                        jnp.zeros(top.shape[:-1] + p["b"].shape, top.dtype))
+    try:
+        logits, _ = lstm_fn.apply(params, cfg, tokens)
+        assert np.all(np.asarray(logits) == 0)
+        assert_close(lstm_fn.loss(params, cfg, tokens, tokens)[0], uniform)
+        assert_close(manual_loss(params, cfg, tokens, tokens)[0], uniform)
+        assert_close(evaluate(params, cfg, np.arange(40) % cfg.vocab_size, 2, 8), uniform)
+        ids = np.concatenate(list(lstm_fn.generate(params, cfg, [1, 2], 6, greedy=True)), 1)
+        np.testing.assert_array_equal(ids, np.zeros((1, 6)))
+    finally:
+        jax.clear_caches()
+
+
+def test_the_traced_pass_gives_every_steps_states_and_gates():
+    """``forward`` with the traced layer pass: the same logits, and per layer the states and
+    gate activations of each step, those of a Python loop over the cell's step."""
+    from lstm_fn.nn.cells import CELLS as REGISTRY
+    from lstm_fn.nn.model import forward
+    from lstm_fn.nn.scan import TRACED
+
+    cfg, params, tokens, carry = problem("lstm", steps=6)
+    logits, _ = lstm_fn.apply(params, cfg, tokens, carry)
+    traced = forward(params, "lstm", tokens, carry, TRACED)
+    assert_close(traced.logits, logits)
+    first = traced.traces[0]
+    assert set(first) == {"h", "c", "i", "f", "g", "o"} and first["c"].shape == (6, 3, 8)
+    state, p = carry[0], params["layers"][0]
+    for t in range(tokens.shape[1]):
+        gx = params["embed"][tokens[:, t]] @ p["w_x"] + p["b_x"]
+        state, h, saved = REGISTRY["lstm"].forward(state, gx, state.h @ p["w_h"] + p["b_h"])
+        assert_close(first["h"][t], h)
+        assert_close(first["c"][t], state.c)
+        assert_close(first["f"][t], REGISTRY["lstm"].gates(saved)["f"])
+
+
+def test_params_of_another_model_are_named_before_any_math():
+    cfg = small("lstm")
+    gru = lstm_fn.init(jax.random.key(0), small("gru"))
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    with pytest.raises(ValueError, match=r"params layers\[0\].w_x has shape \[5, 24\], a lstm "
+                                         r"model .* needs \[5, 32\]"):
+        lstm_fn.apply(gru, cfg, tokens)
+    with pytest.raises(ValueError, match="params has 1 layers, the config 2"):
+        lstm_fn.apply(lstm_fn.init(jax.random.key(0), small("lstm", 1)), cfg, tokens)
+    with pytest.raises(ValueError, match="params must be a dict with 'embed'"):
+        lstm_fn.apply({"layers": []}, cfg, tokens)
+    with pytest.raises(ValueError, match="w_x has shape"):
+        next(lstm_fn.generate(gru, cfg, [1], 3, greedy=True))

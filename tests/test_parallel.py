@@ -14,12 +14,13 @@ from conftest import TINY, lstm_fn
 # split over two, dropout on.
 PROGRAM = """
 import json
-from lstm_fn.parallel import batch_mesh, use_cpu_cores
+from lstm_fn.training.parallel import batch_mesh, use_cpu_cores
 use_cpu_cores(2)
 import jax, jax.numpy as jnp, numpy as np
 import lstm_fn
 from lstm_fn.config import TrainConfig
-from lstm_fn.train import init_state, make_train_step
+from lstm_fn.training.state import TrainState
+from lstm_fn.training.step import make_train_step
 
 out = {"devices": len(jax.devices()),
        "meshes": [None if (m := batch_mesh(b)) is None else m.size for b in (32, 16, 12, 7, 17)]}
@@ -32,18 +33,18 @@ for gradients in ("manual",):  # the split wraps value_and_grad, whichever gradi
     states, losses = {}, {}
     for name, mesh in (("one", None), ("split", batch_mesh(16))):
         step = make_train_step(cfg, tcfg, 3, mesh)
-        state = init_state(jax.tree.map(jnp.copy, init), cfg, tcfg)  # donated
+        state = TrainState.fresh(jax.tree.map(jnp.copy, init), cfg, tcfg)  # donated
         for k, (x, y) in enumerate(batches):
             state, metrics = step(state, x, y, jnp.asarray(k == 0))
         states[name] = jax.tree.map(np.asarray, state)
         losses[name] = float(metrics["loss"])  # the mean over the whole batch
     one, split = (jax.tree.leaves(states[k]) for k in ("one", "split"))
-    carry = state["carry"][0].h
+    carry = state.carry[0].h
     out[gradients] = {
         "loss_diff": abs(losses["one"] - losses["split"]),
         "diff": max(float(np.abs(a - b).max()) for a, b in zip(one, split)),
         "moved": max(float(np.abs(np.asarray(a) - b).max()) for a, b in
-                     zip(jax.tree.leaves(init), jax.tree.leaves(states["split"]["params"]))),
+                     zip(jax.tree.leaves(init), jax.tree.leaves(states["split"].params))),
         "carry_rows_per_device": sorted(s.data.shape[0] for s in carry.addressable_shards)}
 print(json.dumps(out))
 """

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import reference_numpy as ref
 from lstm_fn.cli import cli
-from lstm_fn.model import ModelConfig
+from lstm_fn.nn.config import ModelConfig
 from conftest import TINY, corpus_text, lstm_fn, lstm_fn_command
 from reference_numpy.weights import read_weights
 
@@ -134,7 +134,7 @@ def test_plot_of_a_run_named_in_japanese_or_with_dollars_is_quiet(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lstm_fn.plot import _set_title, plot_run
+    from lstm_fn.runs.plot import drawable, plot_run
 
     run = tmp_path / "日本語$\\frac$-run"
     run.mkdir()
@@ -146,9 +146,9 @@ def test_plot_of_a_run_named_in_japanese_or_with_dollars_is_quiet(tmp_path):
     assert plot_run(latin1) == latin1 / "loss.png" and (latin1 / "loss.png").exists()
     with matplotlib.rc_context({"font.family": "DejaVu Sans"}):  # no CJK (ships with it)
         fig, ax = plt.subplots()
-        _set_title(fig, ax, run.name)
+        title = drawable(run.name, ax.title.get_fontproperties())
     plt.close(fig)
-    assert ax.get_title() == "\\u65e5\\u672c\\u8a9e$\\frac$-run"
+    assert title == "\\u65e5\\u672c\\u8a9e$\\frac$-run"
 
 
 def test_fine_tune_adds_new_characters(trained, tmp_path):

@@ -96,7 +96,7 @@ def test_out_replaces_only_a_weights_file(corpus, tmp_path, finished_run):
     assert notes.read_text() == "my notes\n" and record.read_bytes() == before
     # a weights file saved by an editor with a byte order mark and a blank line still loads,
     # so it may be replaced
-    from lstm_fn.preflight import check_out_holds_weights
+    from lstm_fn.runs.checks import check_out_holds_weights
 
     edited = tmp_path / "edited.json"
     edited.write_bytes(b"\xef\xbb\xbf\n" + (finished_run / "model.json").read_bytes())
@@ -106,24 +106,22 @@ def test_out_replaces_only_a_weights_file(corpus, tmp_path, finished_run):
 
 def test_room_on_disk_counts_what_the_run_already_holds(corpus, tmp_path, monkeypatch):
     """A resume needs room for what it adds, not for the checkpoints it already has."""
-    from lstm_fn import preflight
+    from lstm_fn.runs import checks as preflight
 
     (tmp_path / "checkpoints" / "1").mkdir(parents=True)
     (tmp_path / "checkpoints" / "1" / "state").write_bytes(b"x" * (8 << 20))
-    spec = SimpleNamespace(out=tmp_path / "m.json", run_dir=tmp_path,
-                           train=SimpleNamespace(keep_checkpoints=3))
     cfg = SimpleNamespace(num_params=100_000)  # needs ~7.7 MiB: 4 checkpoints, the JSON, 1 MiB
     monkeypatch.setattr(shutil, "disk_usage",
                         lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
-    preflight.check_output_room(spec, cfg)  # 1 MiB free + 8 MiB held
+    preflight.check_output_room(tmp_path, cfg, 3)  # 1 MiB free + 8 MiB held
     shutil.rmtree(tmp_path / "checkpoints")
-    with pytest.raises(OSError, match="1 MiB free, this run needs about 7 MiB more"):
-        preflight.check_output_room(spec, cfg)
+    with pytest.raises(lstm_fn.RunError, match="1 MiB free, this run needs about 7 MiB more"):
+        preflight.check_output_room(tmp_path, cfg, 3)
 
 
 def test_a_disk_that_fills_during_the_run_is_named_with_the_way_back(corpus, tmp_path,
                                                                       monkeypatch):
-    from lstm_fn import checkpoint
+    from lstm_fn.training import checkpoint
 
     real_save, calls = checkpoint.save, []
 
@@ -142,33 +140,37 @@ def test_a_disk_that_fills_during_the_run_is_named_with_the_way_back(corpus, tmp
                    "checkpoint 2", "lstm-fn pretrain --resume --run-dir")
 
 
-def test_a_run_directory_lock_that_cannot_be_taken_warns_and_runs(tmp_path, monkeypatch, capsys):
+def test_a_run_directory_lock_that_cannot_be_taken_warns_and_runs(tmp_path, monkeypatch,
+                                                                  short_corpus):
     """Some network file systems have no flock: that is not 'in use by another process'."""
     import errno
 
-    from lstm_fn import preflight
+    from lstm_fn.runs import lock
 
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(preflight.fcntl, "flock", no_flock)
-    lock = preflight.RunDirLock(tmp_path)
-    lock.acquire()
-    assert lock.fd is None and "cannot lock run directory" in capsys.readouterr().err
-    lock.release()
+    monkeypatch.setattr(lock.fcntl, "flock", no_flock)
+    run_lock = lock.RunDirLock(tmp_path)
+    run_lock.acquire()
+    assert run_lock.fd is None and "cannot lock run directory" in run_lock.warning
+    run_lock.release()
+    result = invoke("pretrain", short_corpus, *TINY, "--steps", "1", "--run-dir",
+                    tmp_path / "run", "--out", tmp_path / "m.json")
+    assert result.exit_code == 0 and "warning: cannot lock run directory" in result.stderr
 
 
 def test_a_run_that_started_and_ended_meanwhile_is_seen_once_the_lock_is_held(
         corpus, tmp_path, monkeypatch):
     """Another run may finish (and release the lock) while this one reads its corpus: the
     check for a started run is repeated after the lock is taken."""
-    from lstm_fn import preflight
+    from lstm_fn.runs import checks as preflight
 
     real_check = preflight.check_output_room
 
-    def other_run_meanwhile(spec, cfg):
-        real_check(spec, cfg)
-        (spec.run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
+    def other_run_meanwhile(run_dir, cfg, keep):
+        real_check(run_dir, cfg, keep)
+        (run_dir / "metrics.jsonl").write_text('{"step": 10}\n')
 
     monkeypatch.setattr(preflight, "check_output_room", other_run_meanwhile)
     result = invoke("pretrain", corpus, *TINY, "--steps", "5", "--run-dir", tmp_path / "run",
@@ -180,7 +182,7 @@ def test_a_run_that_started_and_ended_meanwhile_is_seen_once_the_lock_is_held(
 def test_only_this_runs_stale_temp_files_are_removed_and_an_empty_out_is_replaced(tmp_path):
     """The temp files of a killed run's atomic writes (``.NAME.*.tmp``) go; files that only
     look alike stay. An empty --out (``touch model.json``) holds nothing to lose."""
-    from lstm_fn import preflight
+    from lstm_fn.runs import checks as preflight
 
     (tmp_path / "run").mkdir()
     stale = [tmp_path / ".m.json.x1.tmp", tmp_path / "run" / ".config.json.x2.tmp",
@@ -189,8 +191,8 @@ def test_only_this_runs_stale_temp_files_are_removed_and_an_empty_out_is_replace
             tmp_path / "run" / "config.json.x6.tmp"]
     for path in stale + kept:
         path.write_text("")
-    preflight.remove_stale_temp_files(SimpleNamespace(out=tmp_path / "m.json",
-                                                      run_dir=tmp_path / "run"))
+    preflight.remove_stale_temp_files(tmp_path / "m.json", tmp_path / "run" / "config.json",
+                                      tmp_path / "run" / "metrics.jsonl")
     assert [p.exists() for p in stale + kept] == [False] * 3 + [True] * 3
     (tmp_path / "empty.json").write_text("")
     preflight.check_out_holds_weights(tmp_path / "empty.json")
@@ -207,7 +209,7 @@ def test_an_output_folder_that_takes_no_files_is_refused(corpus, tmp_path):
 
 def test_a_model_is_refused_when_four_float32_copies_exceed_the_memory(monkeypatch):
     """Parameters, gradients and two optimizer moments: 16 bytes per parameter."""
-    from lstm_fn import preflight
+    from lstm_fn.runs import checks as preflight
     from lstm_fn.config import ConfigError
 
     pages = {"SC_PHYS_PAGES": 2 << 20, "SC_PAGE_SIZE": 4096}  # 8 GiB

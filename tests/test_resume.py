@@ -4,6 +4,7 @@ may not change."""
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import pytest
@@ -14,10 +15,10 @@ from conftest import (SHORT_TEXT, TINY, assert_refused, invoke, last_checkpoint,
 
 
 @pytest.mark.parametrize("option, needles", [
-    (["--hidden-size", "16"], ["--resume", "model.hidden_size is 32 in the run", "16"]),
-    (["--cell", "gru"], ["model.cell is 'lstm' in the run", "'gru'"]),
-    (["--lr", "0.1"], ["train.learning_rate is 0.002 in the run", "0.1"]),
-    (["--batch-size", "8"], ["train.batch_size is 4 in the run", "8"]),
+    (["--hidden-size", "16"], ["--resume: --hidden-size is 32 in the run", "16"]),
+    (["--cell", "gru"], ["--cell is 'lstm' in the run", "'gru'"]),
+    (["--lr", "0.1"], ["--lr is 0.002 in the run", "0.1"]),
+    (["--batch-size", "8"], ["--batch-size is 4 in the run", "8"]),
 ])
 def test_resume_with_another_shape_names_the_field(finished_run, short_corpus, option, needles):
     before = listing(finished_run)
@@ -257,3 +258,30 @@ def test_a_resumed_run_keeps_its_clock_and_the_score_of_the_model_at_out(tmp_pat
     first, second = metrics(tmp_path / "run")
     assert first["seconds"] < 1000 <= second["seconds"]
     assert not second["best"] and (tmp_path / "m.json").read_bytes() == best
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
+
+
+def test_a_run_written_by_release_0_1_0_resumes_exactly(tmp_path):
+    """The run directory of the fixture was written by lstm_fn 0.1.0 (its checkpoint holds
+    a state dict of that release, its record has no sources). Resumed to step 5, it matches
+    a run of today's code that was never stopped, bit for bit."""
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    record = old / "run" / "config.json"
+    record.write_text(record.read_text().replace("/tmp/lstm_fn-0.1.0-run", str(old)))
+    options = ["--cell", "gru", "--embed-size", "4", "--hidden-size", "8", "--layers", "1",
+               "--batch-size", "4", "--seq-len", "16", "--sample-every", "0",
+               "--eval-every", "2", "--checkpoint-every", "2", "--steps", "5"]
+    resumed = invoke("pretrain", "--resume", "--run-dir", old / "run", "--steps", "5")
+    assert resumed.exit_code == 0 and "resumed from checkpoint 3" in resumed.stderr, \
+        resumed.output
+    fresh = invoke("pretrain", old / "corpus.txt", *options, "--run-dir", tmp_path / "new",
+                   "--out", tmp_path / "new.json")
+    assert fresh.exit_code == 0, fresh.output
+    late = [{k: row[k] for k in ("step", "train_loss", "val_loss")}
+            for row in metrics(old / "run") if row["step"] > 3]
+    assert late == [{k: row[k] for k in ("step", "train_loss", "val_loss")}
+                    for row in metrics(tmp_path / "new") if row["step"] > 3]
+    assert (old / "model.json").read_bytes() == (tmp_path / "new.json").read_bytes()

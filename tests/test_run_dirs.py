@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import SHORT_TEXT, TINY, assert_refused, invoke, listing, two_step_run
-from lstm_fn.preflight import RunDirLock
+from lstm_fn.runs.lock import RunDirLock
 
 
 def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, short_corpus):
@@ -53,7 +53,7 @@ def test_out_never_overwrites_an_input_or_names_a_folder(tmp_path, short_corpus,
 
 @pytest.mark.parametrize("content, needle", [
     ("", "Expecting value"), ('{"corpus": "x", "model": {', "Expecting"), ("[1]", "a JSON list"),
-    ("{}", "no corpus, model, train, vocab, encoding"), (b"\xff\xfe", "utf-8"),
+    ("{}", "no corpus, model, train, vocab, encoding"), (b"\xff\xfe", "UTF-16 byte order mark"),
     ('{"corpus": null, "model": {}, "train": {}, "vocab": 5, "encoding": "chars"}', "type"),
     ('{"corpus": null, "model": {}, "train": {"knob": 1}, "vocab": [], "encoding": "chars"}',
      "train.knob, which this version of lstm_fn does not know"),
@@ -103,7 +103,7 @@ def test_a_corpus_name_that_is_not_utf8_gives_a_run_directory_checkpoints_can_us
     it was not UTF-8, and orbax failed at the first checkpoint with a traceback after
     training had started. The byte becomes U+FFFD in the name; a --run-dir that is not
     UTF-8 is refused before anything is written."""
-    from lstm_fn.cli_options import default_run_dir
+    from lstm_fn.cli.options import default_run_dir
 
     corpus = tmp_path / os.fsdecode(b"lat\xe9.txt")
     corpus.write_text(SHORT_TEXT, encoding="utf-8")

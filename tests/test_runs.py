@@ -11,24 +11,19 @@ import numpy as np
 import pytest
 
 import lstm_fn
+from lstm_fn.text.streams import split, windows_per_epoch
 from conftest import SHORT_TEXT, TINY, assert_refused, invoke, last_checkpoint, metrics
 
 
 def test_the_sample_in_the_training_log_escapes_control_characters(capsys):
-    """A corpus of terminal output (a bytes model here, which can draw any byte) samples
-    escape sequences; in the training log they would reach the terminal (ESC [ 2 J clears
-    it, a carriage return overwrites the line), so they are logged as escapes, newlines and
-    tabs as they are."""
-    from lstm_fn.config import TrainConfig
-    from lstm_fn.loop import _show_sample
+    """A corpus of terminal output samples escape sequences; in the training log they would
+    reach the terminal (ESC [ 2 J clears it, a carriage return overwrites the line), so
+    they are logged as escapes, newlines and tabs as they are."""
+    from lstm_fn.cli.console import Console
 
-    vocab = lstm_fn.Vocab.bytes()
-    cfg = lstm_fn.ModelConfig("rnn", len(vocab), embed_size=2, hidden_size=4, num_layers=1)
-    params = lstm_fn.init(jax.random.key(0), cfg)
-    train_ids = vocab.encode(b"\x1b[2J\r\n\tok")
-    _show_sample(params, cfg, vocab, train_ids, TrainConfig(steps=1, sample_length=200), 5)
+    Console().sampled(5, "\x1b[2J\r\n\tok\x07")
     logged = capsys.readouterr().err
-    assert logged.startswith("--- sample at step 5 ---\n\\x1b") and logged.endswith("\n---\n")
+    assert logged == "--- sample at step 5 ---\n\\x1b[2J\\r\n\tok\\x07\n---\n"
     assert not [c for c in logged if unicodedata.category(c) == "Cc" and c not in "\n\t"]
 
 
@@ -51,9 +46,9 @@ def test_epochs_and_minutes_are_not_capped_by_the_default_steps(tmp_path, short_
     train = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert train["steps"] is None and train["epochs"] == 0.45
     ids = lstm_fn.Vocab.from_text(SHORT_TEXT).encode(SHORT_TEXT)
-    parts = [len(part) for part in lstm_fn.data.split(ids, (0.88, 0.1, 0.02))]
+    parts = [len(part) for part in split(ids, (0.88, 0.1, 0.02))]
     assert "splits {:,}/{:,}/{:,}".format(*parts) in result.stderr
-    windows = lstm_fn.data.windows_per_epoch(parts[0], 4, 16)  # TINY's batch and window
+    windows = windows_per_epoch(parts[0], 4, 16)  # TINY's batch and window
     assert windows == 24 and last_checkpoint(tmp_path / "run") == 11  # 10.8 windows
     result = invoke("pretrain", short_corpus, *TINY, "--epochs", "0.5", "--steps", "2",
                     "--run-dir", tmp_path / "run2", "--out", tmp_path / "m2.json")
@@ -84,17 +79,17 @@ def test_a_refused_fine_tune_that_adds_characters_is_still_one_line(tmp_path, mo
 
 
 def test_new_characters_start_rare_together_and_a_frozen_head_is_warned(tmp_path, model_file):
-    from lstm_fn.run import grow_vocab
+    from lstm_fn.nn.model import grow_vocab
 
     params, cfg, _ = lstm_fn.load_weights(model_file)
-    grown = grow_vocab(params, cfg, 50, jax.random.key(0))
+    grown = grow_vocab(params, 50, jax.random.key(0))
     old_b = np.asarray(params["head"]["b"])
     np.testing.assert_array_equal(grown["head"]["b"][:len(old_b)], old_b)
     np.testing.assert_allclose(grown["head"]["b"][len(old_b):], old_b.min() - np.log(50),
                                rtol=1e-6)
     np.testing.assert_array_equal(grown["embed"][:len(old_b)], params["embed"])
     # new embedding rows are drawn at the spread of the old ones (here 10x an untrained one's)
-    wide = grow_vocab({**params, "embed": params["embed"] * 10}, cfg, 50, jax.random.key(0))
+    wide = grow_vocab({**params, "embed": params["embed"] * 10}, 50, jax.random.key(0))
     assert np.std(wide["embed"][len(old_b):]) == pytest.approx(
         np.std(wide["embed"][:len(old_b)]), rel=0.2)
     corpus = tmp_path / "new.txt"
@@ -144,8 +139,7 @@ def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
     reported test loss is the best model's, computed here from the saved file."""
     import re
 
-    from lstm_fn import data
-    from lstm_fn.train import evaluate
+    from lstm_fn.training.evaluate import evaluate
 
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "6", "--eval-every", "2",
                     "--lr", "1.0", "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
@@ -153,7 +147,7 @@ def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
     assert not metrics(tmp_path / "run")[-1]["best"]  # the last model is not the best
     shown = re.search(r"test split \(best model\): ([\d.]+) nats/char", result.stderr)
     params, cfg, vocab = lstm_fn.load_weights(tmp_path / "m.json")
-    _, _, test_ids = data.split(vocab.encode(SHORT_TEXT))
+    _, _, test_ids = split(vocab.encode(SHORT_TEXT))
     assert float(shown.group(1)) == pytest.approx(evaluate(params, cfg, test_ids, 1, 16),
                                                   abs=1e-4)
 
@@ -178,8 +172,8 @@ def test_each_evaluation_reports_the_mean_training_loss_since_the_one_before(tmp
                                                                              monkeypatch):
     """metrics.jsonl's train_loss is the mean of the steps' losses since the previous
     evaluation (not of the whole run, nor the last step's), and val_bpc is val_loss in bits."""
-    from lstm_fn import loop
-    from lstm_fn.console import Progress
+    from lstm_fn.cli import console
+    from lstm_fn.cli.console import Progress
 
     shown = {}  # the loss of each step, as the progress line gets it
 
@@ -188,7 +182,7 @@ def test_each_evaluation_reports_the_mean_training_loss_since_the_one_before(tmp
             shown[step] = loss
             return super().show(step, loss, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "Progress", Recording)
+    monkeypatch.setattr(console, "Progress", Recording)
     result = invoke("pretrain", short_corpus, *TINY, "--steps", "4", "--eval-every", "2",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output
@@ -207,7 +201,7 @@ def test_minutes_stop_the_run_after_that_many_minutes(tmp_path, short_corpus, mo
     import itertools
     import types
 
-    from lstm_fn import loop
+    from lstm_fn.training import loop
 
     ticks = itertools.count(0.0, 1.0)
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 import lstm_fn
-from lstm_fn import sample
-from lstm_fn.model import ModelConfig
-from lstm_fn.sample import filter_logits, generate, generate_chunk, sample_text, warm_up
-from lstm_fn.vocab import CorpusError, Vocab
+from lstm_fn.nn import generate as sample
+from lstm_fn.nn.config import ModelConfig
+from lstm_fn.nn.generate import filter_logits, generate, generate_chunk, warm_up
+from lstm_fn.sampling import sample_text
+from lstm_fn.errors import CorpusError
+from lstm_fn.text.vocab import Vocab
 from reference_numpy.sample import next_token_probs
 from conftest import CELLS
 

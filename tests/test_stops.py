@@ -13,7 +13,7 @@ from conftest import TINY, checkpoint_steps, invoke, metrics
 def _after_step(monkeypatch, at: int, act) -> None:
     """Make the training loop's step call ``act(metrics)`` after update ``at`` and return
     what it returns as the step's metrics."""
-    from lstm_fn import loop
+    from lstm_fn.training import loop
 
     make_train_step = loop.make_train_step
 
@@ -22,7 +22,7 @@ def _after_step(monkeypatch, at: int, act) -> None:
 
         def run(state, *batch):
             state, step_metrics = step(state, *batch)
-            return state, (act(step_metrics) if int(state["step"]) == at else step_metrics)
+            return state, (act(step_metrics) if int(state.step) == at else step_metrics)
         return run
 
     monkeypatch.setattr(loop, "make_train_step", wrapped)

@@ -2,6 +2,8 @@
 optimizer (the update step's wiring: test_train_step.py; the config loader:
 test_config.py)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +11,11 @@ import pytest
 
 import lstm_fn
 from lstm_fn.config import TrainConfig
-from lstm_fn.data import train_batch
-from lstm_fn.optim import ValTracker, make_schedule
-from lstm_fn.train import evaluate, init_state, make_train_step
+from lstm_fn.text.streams import train_batch
+from lstm_fn.training.optim import ValTracker, make_schedule
+from lstm_fn.training.evaluate import evaluate
+from lstm_fn.training.state import TrainState
+from lstm_fn.training.step import make_train_step
 from conftest import SHORT_TEXT, assert_close, assert_refused, invoke
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
@@ -94,13 +98,13 @@ def test_each_optimizer_learns(optimizer, precision):
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=60, optimizer=optimizer,
                        learning_rate=lr, weight_decay=0.01, matmul_precision=precision)
     step = make_train_step(CFG, tcfg, 60)
-    state = init_state(lstm_fn.init(jax.random.key(1), CFG), CFG, tcfg)
+    state = TrainState.fresh(lstm_fn.init(jax.random.key(1), CFG), CFG, tcfg)
     data, losses = ids(2000), []
     for position in range(60):
         state, metrics = step(state, *train_batch(data, 4, 16, position))
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, (optimizer, losses[::10])
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state["params"]))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
@@ -114,7 +118,7 @@ def test_updates_follow_torch_optim(optimizer):
     tcfg = TrainConfig(batch_size=4, seq_len=8, steps=3, optimizer=optimizer, momentum=0.9,
                        learning_rate=0.01, weight_decay=0.1, grad_clip=0.0)
     params = jax.tree.map(np.asarray, lstm_fn.init(jax.random.key(4), cfg))
-    state = init_state(jax.tree.map(jnp.asarray, params), cfg, tcfg)
+    state = TrainState.fresh(jax.tree.map(jnp.asarray, params), cfg, tcfg)
     step = make_train_step(cfg, tcfg, 3)
     net = ref.torch_module(cfg.architecture(), params)
     options = {"adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {}),
@@ -133,7 +137,7 @@ def test_updates_follow_torch_optim(optimizer):
         torch_opt.step()
         carry = carry.detach()
     expected = ref.from_torch(net.state_dict(), cfg.architecture())
-    for got, want in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(expected)):
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
         assert_close(got, want, atol=2e-5, rtol=0)
 
 
@@ -154,7 +158,7 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
     """A short text is one stream whatever --batch-size says; a long one is cut into at most
     --batch-size streams (it changes the numbers), and --seq-len is only the window; the
     command's result is evaluate's."""
-    from lstm_fn import data
+    from lstm_fn.text import streams as data
 
     params, cfg, vocab = lstm_fn.load_weights(model_file)
     ids = vocab.encode(SHORT_TEXT)
@@ -172,3 +176,14 @@ def test_the_eval_command_passes_batch_and_window_by_name(model_file, short_corp
     (tmp_path / "one.txt").write_text("a")
     assert_refused(invoke("eval", tmp_path / "one.txt", "--from", model_file),
                    "at least 2 characters")
+
+
+def test_a_score_gives_bits_and_perplexity():
+    from lstm_fn.training.evaluate import Score
+
+    score = Score.of(math.log(2))
+    assert score.loss == pytest.approx(math.log(2))
+    assert score.bpc == pytest.approx(1.0)
+    assert score.perplexity == pytest.approx(2.0)
+    assert Score.of(1e6).perplexity == math.inf
+    assert Score.of(699.0).perplexity == pytest.approx(math.exp(699.0))  # finite

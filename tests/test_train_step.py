@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optax.tree_utils import tree_norm
 
 import lstm_fn
 from lstm_fn.config import TrainConfig
-from lstm_fn.data import train_batch
-from lstm_fn.train import global_norm, init_state, make_train_step
+from lstm_fn.text.streams import train_batch
+from lstm_fn.training.state import TrainState
+from lstm_fn.training.step import make_train_step
 from conftest import assert_close
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
@@ -25,15 +27,15 @@ def test_dropout_draws_its_own_random_numbers():
     """The step's dropout masks come from their own stream: the loss it reports is the loss
     under those masks, and they are not the uniform numbers the init drew (a mask folded in
     by step number alone equals split(key(seed), n)[step]: layer 0's w_x at step 2)."""
-    from lstm_fn.model import dropout_masks
-    from lstm_fn.train import DROPOUT_STREAM, stream_key
+    from lstm_fn.nn.model import dropout_masks
+    from lstm_fn.training.state import DROPOUT_STREAM, stream_key
 
     cfg = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=16, hidden_size=16,
                               num_layers=2, dropout=0.3)
     tcfg = TrainConfig(batch_size=16, seq_len=32, steps=5)
     params = lstm_fn.init(jax.random.key(tcfg.seed), cfg)
-    state = init_state(jax.tree.map(jnp.copy, params), cfg, tcfg)
-    state["step"] = jnp.asarray(2, state["step"].dtype)
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), cfg, tcfg)
+    state = state._replace(step=jnp.asarray(2, state.step.dtype))
     inputs, targets, _ = train_batch(ids(), 16, 32, 0)
     _, metrics = make_train_step(cfg, tcfg, 5)(state, inputs, targets, True)
     masks = dropout_masks(jax.random.fold_in(stream_key(tcfg.seed, DROPOUT_STREAM), 2), cfg,
@@ -56,11 +58,11 @@ def test_frozen_parts_do_not_move(optimizer, weight_decay, layer):
                        optimizer=optimizer, weight_decay=weight_decay)
     assert tcfg.freeze == ("embed", "1")
     params = lstm_fn.init(jax.random.key(2), CFG)
-    state = init_state(jax.tree.map(jnp.copy, params), CFG, tcfg)
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), CFG, tcfg)
     step = make_train_step(CFG, tcfg, 3)
     for position in range(3):
         state, _ = step(state, *train_batch(ids(), 4, 16, position))
-    after = state["params"]
+    after = state.params
     np.testing.assert_array_equal(after["embed"], params["embed"])
     for name, value in after["layers"][1].items():
         np.testing.assert_array_equal(value, params["layers"][1][name])
@@ -73,9 +75,9 @@ def test_clipping_bounds_the_first_update():
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1, optimizer="sgd", momentum=0.0,
                        learning_rate=1.0, grad_clip=1e-3)
     params = lstm_fn.init(jax.random.key(3), CFG)
-    state = init_state(jax.tree.map(jnp.copy, params), CFG, tcfg)
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), CFG, tcfg)
     state, metrics = make_train_step(CFG, tcfg, 1)(state, *train_batch(ids(), 4, 16, 0))
-    moved = global_norm(jax.tree.map(jnp.subtract, state["params"], params))
+    moved = tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     assert float(metrics["grad_norm"]) > 1e-3 and float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
@@ -83,7 +85,7 @@ def test_the_step_uses_the_schedule_at_its_own_index():
     """Warmup: the first update uses lr/W, not 2 lr/W (the schedule at the step's index)."""
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=5, optimizer="sgd", learning_rate=2.0,
                        warmup_steps=4)
-    state = init_state(lstm_fn.init(jax.random.key(3), CFG), CFG, tcfg)
+    state = TrainState.fresh(lstm_fn.init(jax.random.key(3), CFG), CFG, tcfg)
     step, rates = make_train_step(CFG, tcfg, 5), []
     for i in range(5):
         state, metrics = step(state, *train_batch(ids(), 4, 16, i))
@@ -93,7 +95,7 @@ def test_the_step_uses_the_schedule_at_its_own_index():
 
 def test_freezing_a_layer_number_the_model_lacks_is_refused():
     """Layers count from 0: a 2-layer model has layers 0 and 1, and no layer 2."""
-    from lstm_fn.train import check_freeze
+    from lstm_fn.training.state import check_freeze
 
     check_freeze(("embed", "1"), 2)
     with pytest.raises(ValueError, match="names layer 2, but the model has 2"):
@@ -119,11 +121,11 @@ def test_the_plateau_scale_multiplies_the_learning_rate_of_a_step(plain_step):
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
     moved, rates = [], []
     for scale in (1.0, 0.25):
-        state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
-        state["lr_scale"] = jnp.asarray(scale, jnp.float32)
+        state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+        state = state._replace(lr_scale=jnp.asarray(scale, jnp.float32))
         state, metrics = step(state, inputs, targets, jnp.asarray(reset))
         rates.append(float(metrics["lr"]))
-        moved.append(float(global_norm(jax.tree.map(jnp.subtract, state["params"], params))))
+        moved.append(float(tree_norm(jax.tree.map(jnp.subtract, state.params, params))))
     assert rates == pytest.approx([tcfg.learning_rate, 0.25 * tcfg.learning_rate])
     assert moved[1] == pytest.approx(0.25 * moved[0], rel=1e-3) and moved[0] > 0
 
@@ -137,8 +139,8 @@ def test_reset_starts_every_stream_from_a_zero_carry(plain_step):
     fresh, _ = lstm_fn.loss(params, SMALL, inputs, targets)
     losses = []
     for reset in (True, False):
-        state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
-        state["carry"] = jax.tree.map(lambda c: jnp.full_like(c, 0.9), state["carry"])
+        state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+        state = state._replace(carry=jax.tree.map(lambda c: jnp.full_like(c, 0.9), state.carry))
         losses.append(float(step(state, inputs, targets, jnp.asarray(reset))[1]["loss"]))
     assert_close(losses[0], fresh, atol=1e-5)
     assert abs(losses[1] - float(fresh)) > 1e-3
@@ -151,7 +153,7 @@ def test_a_non_finite_parameter_is_reported_even_when_the_loss_is_finite(plain_s
     params = lstm_fn.init(jax.random.key(3), SMALL)
     params["layers"][-1]["b_h"] = params["layers"][-1]["b_h"].at[0].set(jnp.inf)
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
-    _, metrics = step(init_state(params, SMALL, tcfg), inputs, targets, jnp.asarray(reset))
+    _, metrics = step(TrainState.fresh(params, SMALL, tcfg), inputs, targets, jnp.asarray(reset))
     assert np.isfinite(float(metrics["loss"])) and not bool(metrics["params_finite"])
 
 
@@ -161,7 +163,7 @@ def test_a_bfloat16_training_step_rounds_its_matmul_operands():
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1, matmul_precision="bfloat16")
     params = lstm_fn.init(jax.random.key(3), SMALL)
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
-    state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
     _, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
     rounded = float(lstm_fn.loss(params, SMALL, inputs, targets, precision="bfloat16")[0])
     full = float(lstm_fn.loss(params, SMALL, inputs, targets)[0])
@@ -177,10 +179,10 @@ def test_frozen_parts_count_neither_in_the_gradient_norm_nor_in_its_clipping():
     params = lstm_fn.init(jax.random.key(3), SMALL)
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
     grads = jax.grad(lambda p: lstm_fn.loss(p, SMALL, inputs, targets)[0])(params)
-    trained = float(global_norm({k: v for k, v in grads.items() if k != "head"}))
-    assert float(global_norm(grads["head"])) > 0.5 * trained  # freezing changes the norm
-    state = init_state(jax.tree.map(jnp.copy, params), SMALL, tcfg)
+    trained = float(tree_norm({k: v for k, v in grads.items() if k != "head"}))
+    assert float(tree_norm(grads["head"])) > 0.5 * trained  # freezing changes the norm
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
     state, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
     assert float(metrics["grad_norm"]) == pytest.approx(trained, rel=1e-4)
-    moved = global_norm(jax.tree.map(jnp.subtract, state["params"], params))
+    moved = tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     assert float(moved) == pytest.approx(1e-3, rel=1e-3)

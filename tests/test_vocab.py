@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstm_fn.data import CorpusError, Vocab
+from lstm_fn.errors import CorpusError
+from lstm_fn.text.vocab import Vocab
 
 
 @given(st.text(max_size=200))
@@ -30,7 +31,7 @@ def test_encode_in_pieces_is_encode_at_once(monkeypatch):
     text = "ab\u00e9\u4e00\U0001f600\U0010ffff" * 7
     vocab = Vocab.from_text(text)
     whole = vocab.encode(text)
-    monkeypatch.setattr("lstm_fn.vocab.ENCODE_CHUNK", 4)
+    monkeypatch.setattr("lstm_fn.text.vocab.ENCODE_CHUNK", 4)
     np.testing.assert_array_equal(vocab.encode(text), whole)
     with pytest.raises(CorpusError, match=r"^3 character\(s\) not in the vocabulary: 'x', "
                                           "'\u2603', '\\\\U000f0000'$"):

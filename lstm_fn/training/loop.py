@@ -1,0 +1,350 @@
+"""The training loop: restore or start, step, evaluate and export the best model, checkpoint,
+stop, score the test split.
+
+It knows nothing of run directories or consoles: :class:`Training` says what to train and
+where the checkpoints and the best model go, and a :class:`~lstm_fn.training.report.Reporter`
+hears what happens. Its host-side bookkeeping is one :class:`LoopState`, the only place that
+knows the schema of a checkpoint's ``meta``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lstm_fn.config import TrainConfig
+from lstm_fn.errors import RunError
+from lstm_fn.nn.config import ModelConfig
+from lstm_fn.nn.generate import generate
+from lstm_fn.text.streams import train_batch
+from lstm_fn.text.vocab import Vocab
+from lstm_fn.training import checkpoint
+from lstm_fn.training.evaluate import Score, score
+from lstm_fn.training.optim import ValTracker
+from lstm_fn.training.parallel import batch_mesh
+from lstm_fn.training.report import Evaluation, Reporter, StepReport
+from lstm_fn.training.state import SAMPLE_STREAM, TrainState, stream_key
+from lstm_fn.training.step import make_train_step, state_layout
+from lstm_fn.weights import load_weights, save_weights
+
+# The temperature of the samples shown in the log during training.
+LOG_SAMPLE_TEMPERATURE = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What to train: the model and its settings, the splits (int ids ``[N]`` each), how
+    many steps in all (None: no step limit), the checkpoint folder, where the best model is
+    exported (JSON weights), and whether to resume from the newest checkpoint."""
+
+    cfg: ModelConfig
+    tcfg: TrainConfig
+    vocab: Vocab
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    test_ids: np.ndarray
+    total_steps: int | None
+    checkpoints: Path
+    best_model: Path
+    resume: bool = False
+
+
+@dataclasses.dataclass
+class RunResult:
+    """How a run ended: ``status`` "done", "interrupted" (by ``signal``) or "nonfinite"
+    (``message`` says what, and what was kept); ``model`` is where the best model is."""
+
+    status: str
+    step: int
+    best_val: float | None
+    model: Path
+    test: Score | None = None
+    message: str = ""
+    signal: int | None = None
+    last_checkpoint: int | None = None
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The loop's host-side bookkeeping, saved in every checkpoint's ``meta``.
+
+    ``tracker``: best validation loss, evaluations since, the plateau scale; ``saved_best``:
+    the validation loss of the exported model (any evaluation, scheduled or not);
+    ``evaluated_at``: the step of the last evaluation; ``losses``: training losses since the
+    last scheduled evaluation; ``seconds_before``: training time of earlier processes;
+    ``last_checkpoint``: the step of the newest checkpoint. ``timed`` (update steps and
+    their seconds since the last evaluation) is this process's alone.
+    """
+
+    tracker: ValTracker
+    saved_best: float | None = None
+    evaluated_at: int | None = None
+    losses: list = dataclasses.field(default_factory=list)
+    seconds_before: float = 0.0
+    last_checkpoint: int | None = None
+    timed: list = dataclasses.field(default_factory=lambda: [0, 0.0])
+
+    def to_meta(self, step: int, seconds: float) -> dict:
+        """The ``meta`` of a checkpoint at ``step`` after ``seconds`` of training in all."""
+        return {"tracker": self.tracker.as_dict(), "saved_best": self.saved_best,
+                "evaluated_at": self.evaluated_at, "position": step, "losses": self.losses,
+                "seconds": seconds}
+
+    @classmethod
+    def from_meta(cls, meta: dict, tcfg: TrainConfig, step: int) -> LoopState:
+        """The bookkeeping a checkpoint at ``step`` saved; the keys a checkpoint of an older
+        version lacks take what that version meant."""
+        tracker = ValTracker(tcfg, **meta["tracker"])
+        losses = meta.get("losses", [])
+        return cls(tracker, saved_best=meta.get("saved_best", tracker.best),
+                   evaluated_at=meta.get("evaluated_at", None if losses else step),
+                   losses=losses, seconds_before=meta["seconds"], last_checkpoint=step)
+
+
+def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
+               clock: Callable[[], float] | None = None) -> RunResult:
+    """Train ``job`` from ``params`` (or from its newest checkpoint when it resumes) until a
+    stopping rule, a signal the reporter passes on, or a non-finite loss.
+
+    ``clock`` gives seconds (default ``time.monotonic``); a test may pass its own.
+    """
+    reporter, clock = reporter or Reporter(), clock or time.monotonic
+    with checkpoint.open_manager(job.checkpoints, keep=job.tcfg.keep_checkpoints) as manager:
+        loop = _Loop(job, manager, reporter, clock)
+        loop.restore_or_start(TrainState.fresh(jax.tree.map(jax.numpy.asarray, params),
+                                               job.cfg, job.tcfg))
+        with reporter.stop_signals() as received:
+            loop.run(received)
+        loop.finish()
+    reporter.finished()
+    result = loop.result()
+    if result.status == "done":
+        result.test = score_test_split(job, reporter)
+    return result
+
+
+def score_test_split(job: Training, reporter: Reporter) -> Score | None:
+    """The exported best model's score on the test split (None where there is nothing to
+    score: no such split, or no model)."""
+    if not job.best_model.exists():
+        return None
+    if len(job.test_ids) < 2:
+        reporter.note(f"test split: {len(job.test_ids)} character(s), nothing to score; raise "
+                      "--test-fraction or use a longer corpus")
+        return None
+    params, _, _ = load_weights(job.best_model)
+    test = score(params, job.cfg, job.test_ids, job.tcfg.batch_size, job.tcfg.seq_len,
+                 on_window=reporter.scoring(len(job.test_ids) - 1, "test split: scored"))
+    reporter.note(f"test split (best model): {test.loss:.4f} nats/char, {test.bpc:.3f} bpc, "
+                  f"perplexity {test.perplexity:.2f}")
+    return test
+
+
+class _Loop:
+    """One process's part of a run: the training state on its devices and the bookkeeping,
+    changed step by step by the methods below (each one step of the algorithm)."""
+
+    def __init__(self, job: Training, manager, reporter: Reporter, clock: Callable[[], float]):
+        self.job, self.manager, self.reporter, self.clock = job, manager, reporter, clock
+        self.book = LoopState(ValTracker(job.tcfg))
+        self.status, self.message, self.signal, self.last_lr = "done", "", None, 0.0
+        self.started, self.step_timed = clock(), False
+
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    def seconds(self) -> float:
+        """Training time in all, earlier processes of a resumed run included."""
+        return self.book.seconds_before + self.clock() - self.started
+
+    def restore_or_start(self, fresh: TrainState) -> None:
+        """Take the newest intact checkpoint (on a resume), else ``fresh``; compile the step
+        for this process's devices and put the state there."""
+        state, job = fresh, self.job
+        if job.resume:
+            state = self._restored(fresh)
+        mesh = batch_mesh(job.tcfg.batch_size)
+        if mesh is not None:
+            self.reporter.note(f"batch of {job.tcfg.batch_size} split over {mesh.size} devices")
+        self.train_step = make_train_step(job.cfg, job.tcfg, job.total_steps, mesh)
+        # Committed to its devices from the first step: jit compiles again when an argument
+        # changes from uncommitted to committed, as the step's outputs and lr_scale do.
+        self.state = jax.device_put(state, _one_device() if mesh is None else state_layout(mesh))
+        self.reporter.started(self.step, job.total_steps, job.tcfg.minutes)
+
+    def _restored(self, fresh: TrainState) -> TrainState:
+        # Restored onto one device whatever layout it was saved from, then laid out for this
+        # run's devices: a run may resume on another number of devices.
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                               sharding=_one_device()),
+                                jax.eval_shape(lambda: fresh.as_tree()))
+        restored = checkpoint.restore(self.manager, abstract)
+        if restored is None:
+            self.reporter.note("no checkpoint to resume from yet: starting at step 0")
+            return fresh
+        for step, reason in restored.skipped:
+            self.reporter.note(f"checkpoint {step} is damaged ({reason}); using an older one")
+        self.book = LoopState.from_meta(restored.meta, self.job.tcfg, restored.step)
+        self.reporter.note(f"resumed from checkpoint {restored.step}")
+        return TrainState.from_tree(restored.state)
+
+    def run(self, received: Callable[[], int | None]) -> None:
+        """Step until a stopping rule, a signal or a non-finite value."""
+        tcfg = self.job.tcfg
+        while (reason := self.stop_reason(received)) is None:
+            if not self.train_one_step():
+                return
+            if self.step % tcfg.eval_every == 0 and not self.evaluate_and_export():
+                return
+            if tcfg.sample_every and self.step % tcfg.sample_every == 0:
+                self.show_sample()
+            if self.step % tcfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        if reason == "signal":
+            self.status, self.signal = "interrupted", received()
+
+    def stop_reason(self, received: Callable[[], int | None]) -> str | None:
+        """Why training stops before the next step, or None to go on."""
+        tcfg = self.job.tcfg
+        if self.book.tracker.out_of_patience:  # also a resumed run that had stopped early
+            self.reporter.note(f"no improvement in {tcfg.patience} evaluations: stopping early")
+            return "patience"
+        if self.job.total_steps is not None and self.step >= self.job.total_steps:
+            return "steps"
+        if tcfg.minutes is not None and self.clock() - self.started >= tcfg.minutes * 60:
+            self.reporter.note(f"time budget of {tcfg.minutes} minutes reached")
+            return "minutes"
+        if received() is not None:
+            return "signal"
+        return None
+
+    def train_one_step(self) -> bool:
+        """One update; False (nothing kept) when the loss or a parameter is not finite."""
+        tcfg = self.job.tcfg
+        inputs, targets, reset = train_batch(self.job.train_ids, tcfg.batch_size, tcfg.seq_len,
+                                             self.step)
+        began = self.clock()
+        self.state, metrics = self.train_step(self.state, inputs, targets, reset)
+        loss, self.last_lr = float(metrics["loss"]), float(metrics["lr"])  # waits for the step
+        if not math.isfinite(loss) or not bool(metrics["params_finite"]):
+            self.stop_nonfinite(f"loss became {loss}" if not math.isfinite(loss)
+                                else "the parameters became non-finite")
+            return False
+        self.book.losses.append(loss)
+        self._time_step(began)
+        timed_steps, timed_seconds = self.book.timed
+        rate = (tcfg.batch_size * tcfg.seq_len * timed_steps / max(timed_seconds, 1e-9)
+                if timed_steps else None)
+        self.reporter.step(StepReport(self.step, loss, rate, self.last_lr, self.seconds()))
+        return True
+
+    def _time_step(self, began: float) -> None:
+        """Count the step's seconds towards the pace, except a process's first step, which
+        compiles."""
+        if self.step_timed:
+            self.book.timed[0] += 1
+            self.book.timed[1] += self.clock() - began
+        else:
+            self.step_timed = True
+            self.reporter.note(f"first step (compilation included): "
+                               f"{self.clock() - self.started:.1f} s")
+
+    def evaluate_and_export(self, scheduled: bool = True) -> bool:
+        """Evaluate, report, and export the model when it beats the exported one; False
+        (nothing saved) on a non-finite validation loss.
+
+        Only evaluations on the ``eval_every`` schedule feed the tracker (early stopping,
+        plateau) and restart the running training loss: the one after a run's last step,
+        off the schedule, must not change what a resumed run with a larger limit does.
+        """
+        job, book = self.job, self.book
+        book.evaluated_at = self.step
+        train_loss = float(np.mean(book.losses)) if book.losses else float("nan")
+        val = (score(self.state.params, job.cfg, job.val_ids, job.tcfg.batch_size,
+                     job.tcfg.seq_len, job.tcfg.eval_chars or None)
+               if len(job.val_ids) > 1 else Score.of(train_loss))
+        if not math.isfinite(val.loss):
+            self.stop_nonfinite(f"validation loss became {val.loss}")
+            return False
+        if scheduled:
+            book.tracker.update(val.loss)
+            # placed as before: an uncommitted array would make jit compile the step again
+            self.state = self.state._replace(lr_scale=jax.device_put(
+                jax.numpy.float32(book.tracker.scale), self.state.lr_scale.sharding))
+            book.losses.clear()
+        improved = book.saved_best is None or val.loss < book.saved_best
+        if improved:
+            save_weights(job.best_model, self.state.params, job.cfg, job.vocab)
+            book.saved_best = val.loss
+        timed_steps, timed_seconds = book.timed
+        chars = job.tcfg.batch_size * job.tcfg.seq_len * timed_steps
+        evaluation = Evaluation(self.step, round(self.seconds(), 2),
+                                round(chars / max(timed_seconds, 1e-9)), train_loss, val.loss,
+                                val.bpc, self.last_lr, improved)
+        book.timed = [0, 0.0]
+        self.reporter.evaluated(evaluation, len(job.val_ids) < 2,
+                                str(job.best_model) if improved else None)
+        return True
+
+    def show_sample(self) -> None:
+        """Report a sample that continues the training text's first symbol (ids, not text:
+        in "bytes" mode that may be part of a character)."""
+        job, prime = self.job, np.asarray(self.job.train_ids[:1])
+        key = jax.random.fold_in(stream_key(job.tcfg.seed, SAMPLE_STREAM), self.step)
+        chunks = generate(self.state.params, job.cfg, prime, job.tcfg.sample_length,
+                          temperature=LOG_SAMPLE_TEMPERATURE, key=key)
+        self.reporter.sampled(self.step, job.vocab.decode(
+            np.concatenate([prime, *(chunk[0] for chunk in chunks)])))
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint at this step (none when there is one already); a full disk is a
+        RunError naming the folder and the last complete checkpoint."""
+        book = self.book
+        if book.last_checkpoint == self.step:
+            return
+        try:
+            checkpoint.save(self.manager, self.step, self.state.as_tree(),
+                            book.to_meta(self.step, self.seconds()))
+        except Exception as error:
+            if not checkpoint.disk_full(error):
+                raise
+            last = ("none yet" if book.last_checkpoint is None
+                    else f"checkpoint {book.last_checkpoint}")
+            raise RunError(f"disk full while saving checkpoint {self.step} in "
+                           f"{str(self.job.checkpoints)!r} (the last complete one: {last}); "
+                           "free some space and continue", resumable=True) from None
+        book.last_checkpoint = self.step
+
+    def stop_nonfinite(self, what: str) -> None:
+        book, job = self.book, self.job
+        where = (f"checkpoint {book.last_checkpoint} in {str(job.checkpoints)!r}"
+                 if book.last_checkpoint is not None else "no checkpoint yet")
+        best = (f"{job.best_model} keeps the best model" if job.best_model.exists()
+                else "no model was written")
+        self.status = "nonfinite"
+        self.message = (f"{what} at step {self.step}; stopped without saving. Last good: "
+                        f"{where}; {best}. A resume would repeat the same steps: start a new "
+                        "run with a lower --lr or --grad-clip")
+
+    def finish(self) -> None:
+        """After the last step: a last evaluation when the schedule did not just make one
+        (not for an interrupted run, which stops at once), and a checkpoint."""
+        if self.status == "done" and self.book.evaluated_at != self.step:
+            self.evaluate_and_export(scheduled=False)
+        if self.status != "nonfinite":
+            self.save_checkpoint()
+
+    def result(self) -> RunResult:
+        return RunResult(self.status, self.step, self.book.saved_best, self.job.best_model,
+                         None, self.message, self.signal, self.book.last_checkpoint)
+
+
+def _one_device():
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
