@@ -34,14 +34,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
-from lstm_fn import model as M  # noqa: E402
+from lstm_fn.cli.host import reuse_freed_memory  # noqa: E402
 from lstm_fn.config import TrainConfig  # noqa: E402
-from lstm_fn.host import reuse_freed_memory  # noqa: E402
-from lstm_fn.train import init_state, make_train_step  # noqa: E402
+from lstm_fn.nn import model as M  # noqa: E402
+from lstm_fn.nn.config import ModelConfig  # noqa: E402
+from lstm_fn.training.state import TrainState  # noqa: E402
+from lstm_fn.training.step import make_train_step  # noqa: E402
 import peers  # noqa: E402
 from peers import (B, E, LAYERS, PRIME, T, V, have_flax, make_flax_train,  # noqa: E402
                    make_torch_eval, make_torch_sample, make_torch_train)
 from report import format_row, markdown  # noqa: E402
+from reference_numpy import spec  # noqa: E402
 
 def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -74,7 +77,7 @@ def matmul_peak(calls: int = 8) -> float:
 
 
 def forward_flops(cell: str, hidden: int, batch: int, steps: int) -> float:
-    gh = {"rnn": 1, "lstm": 4, "gru": 3}[cell] * hidden
+    gh = spec.num_gates(cell) * hidden
     layers = sum(2 * (inp + hidden) * gh for inp in [E] + [hidden] * (LAYERS - 1))
     return batch * steps * (layers + 2 * hidden * V)
 
@@ -84,10 +87,10 @@ def forward_flops(cell: str, hidden: int, batch: int, steps: int) -> float:
 
 
 def make_jax_train(cell, hidden, gradients, precision="float32"):
-    cfg = M.ModelConfig(cell, V, E, hidden, LAYERS)
+    cfg = ModelConfig(cell, V, E, hidden, LAYERS)
     tcfg = TrainConfig(batch_size=B, seq_len=T, steps=10**6, grad_clip=5.0, gradients=gradients,
                        matmul_precision=precision)
-    state = init_state(M.init(jax.random.key(0), cfg), cfg, tcfg)
+    state = TrainState.fresh(M.init(jax.random.key(0), cfg), cfg, tcfg)
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
     reset = jnp.asarray(False)
     t0 = time.perf_counter()
@@ -110,12 +113,12 @@ def make_jax_train(cell, hidden, gradients, precision="float32"):
 
 def make_jax_eval(cell, hidden, forward="model"):
     """Forward only: ``model.loss`` (the plain scan), or with ``forward="bptt"`` the forward
-    of ``bptt.manual_loss`` (what ``train.evaluate`` runs)."""
-    cfg = M.ModelConfig(cell, V, E, hidden, LAYERS)
+    of ``bptt.manual_loss`` (what ``training.evaluate`` runs)."""
+    cfg = ModelConfig(cell, V, E, hidden, LAYERS)
     params = M.init(jax.random.key(0), cfg)
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
     if forward == "bptt":
-        from lstm_fn.bptt import manual_loss
+        from lstm_fn.nn.bptt import manual_loss
         loss = lambda p, c, x, y: manual_loss(p, cfg, x, y, c)  # noqa: E731
     else:
         loss = lambda p, c, x, y: M.loss(p, cfg, x, y, c)  # noqa: E731
@@ -137,8 +140,8 @@ def make_jax_eval(cell, hidden, forward="model"):
 
 
 def make_jax_sample(hidden, batch, length):
-    from lstm_fn.sample import generate
-    cfg = M.ModelConfig("lstm", V, E, hidden, LAYERS)
+    from lstm_fn.nn.generate import generate
+    cfg = ModelConfig("lstm", V, E, hidden, LAYERS)
     params = M.init(jax.random.key(0), cfg)
 
     def one(n_chars):
@@ -194,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--only", help="run only configs whose name contains this")
     parser.add_argument("--system-malloc", action="store_true",
                         help="leave glibc's malloc as it is (by default both frameworks run "
-                             "with lstm_fn.host.reuse_freed_memory, as the CLI does)")
+                             "with lstm_fn.cli.host.reuse_freed_memory, as the CLI does)")
     parser.add_argument("--gpu", action="store_true",
                         help="torch on cuda (cuDNN) against JAX's GPU backend")
     args = parser.parse_args(argv)
