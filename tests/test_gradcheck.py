@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import invoke
+from conftest import CELLS, invoke
 from lstm_fn.nn import gradcheck
 
 
@@ -47,16 +47,16 @@ def test_the_commands_report_every_cell_and_fail_on_any(monkeypatch):
 
     monkeypatch.setattr(gradcheck, "gradient_check", check)
     result = invoke("gradcheck")
-    assert result.exit_code == 1 and checked == ["rnn", "lstm", "gru"], result.output
+    assert result.exit_code == 1 and checked == list(CELLS), result.output
     assert settings == {(2, 30, ("dropout", 0.0), ("hidden_size", 6), ("seed", 0))}
     assert result.stdout.startswith("rnn: 2 layer(s), T=30, H=6, float64")
     assert [line.endswith("FAIL") for line in result.stdout.splitlines()
-            if line.startswith("  w ")] == [True, False, False]
+            if line.startswith("  w ")] == [cell == "rnn" for cell in CELLS]
     assert result.stdout.endswith("FAILED: errors past budget\n")
     result = invoke("gradcheck", "--cell", "gru")
     assert result.exit_code == 0 and result.stdout.endswith("all gradients agree\n")
     monkeypatch.setattr(gradcheck, "hidden_grad_norms",
                         lambda cell, steps, **kwargs: np.arange(1.0, steps + 1))
     rows = invoke("gradnorms", "--steps", "3").stdout.splitlines()[1:]
-    assert [row.split() for row in rows] == [[str(back), *[f"{3.0 - back:.2e}"] * 3]
+    assert [row.split() for row in rows] == [[str(back), *[f"{3.0 - back:.2e}"] * len(CELLS)]
                                              for back in range(3)]

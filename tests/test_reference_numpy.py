@@ -134,12 +134,13 @@ def test_forward_in_two_chunks_equals_whole(cell, num_layers):
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_torch(cell):
     torch = pytest.importorskip("torch")
+    if cell not in rn.interop.TORCH_CLASSES:
+        pytest.skip(f"PyTorch has no {cell} module")
     num_layers = 2
     model, params, tokens, _, carry, _, _ = problem(cell, num_layers, 2, dropout=False)
-    kinds = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
     extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-    net = kinds[cell](EMBED, HIDDEN, num_layers=num_layers, batch_first=True,
-                      dtype=torch.float64, **extra)
+    net = getattr(torch.nn, rn.interop.TORCH_CLASSES[cell])(
+        EMBED, HIDDEN, num_layers=num_layers, batch_first=True, dtype=torch.float64, **extra)
     with torch.no_grad():
         for k, p in enumerate(params["layers"]):
             getattr(net, f"weight_ih_l{k}").copy_(torch.from_numpy(p["w_x"].T))

@@ -55,7 +55,8 @@ def one_line(error: BaseException) -> click.ClickException:
     if isinstance(error, OSError):
         where = f" ({os.fsdecode(error.filename)})" if error.filename is not None else ""
         return BadInput(f"{error.strerror or _first_line(error)}{where}")
-    if isinstance(error, ModuleNotFoundError):  # e.g. `python cli.py` where jax is missing
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] not in (
+            "lstm_fn", "reference_numpy"):  # e.g. `python cli.py` where jax is missing
         return click.ClickException(f"the Python package {error.name!r} is not installed "
                                     "here; `pip install -e .` installs what lstm_fn needs")
     return Bug(f"internal error, a bug in lstm_fn: {type(error).__name__}: "
