@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -50,12 +50,18 @@ def sample_text(params: dict, cfg: ModelConfig, vocab: Vocab, prime: str | bytes
 
 
 def sample_texts(params: dict, cfg: ModelConfig, vocab: Vocab, prime: str | bytes, length: int,
-                 num_samples: int, **options) -> list[str]:
+                 num_samples: int, *, on_chunk: Callable[[int], None] | None = None,
+                 **options) -> list[str]:
     """``num_samples`` independent continuations of ``prime``, each with the prime in front,
-    generated together (see :func:`sample_text` for the options)."""
+    generated together (see :func:`sample_text` for the options); ``on_chunk`` is called
+    after each chunk with the number of steps generated so far."""
     prime_ids = vocab.encode(prime)
     rows = [list(prime_ids) for _ in range(num_samples)]
+    done = 0
     for ids in generate(params, cfg, prime_ids, length, num_samples=num_samples, **options):
         for row, part in zip(rows, ids):
             row.extend(part.tolist())
+        done += ids.shape[1]
+        if on_chunk is not None:
+            on_chunk(done)
     return [vocab.decode(np.asarray(row, np.int64)) for row in rows]

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from lstm_fn.nn.config import ModelConfig
 from lstm_fn.text.vocab import Vocab
-from reference_numpy.weights import WeightsError, read_weights, write_weights
+from reference_numpy.weights import WeightsError, read_weights_file, write_weights
 
-__all__ = ["WeightsError", "save_weights", "load_weights"]
+__all__ = ["Model", "WeightsError", "save_weights", "load_model", "load_weights"]
+
+
+class Model(NamedTuple):
+    """A model as a weights file holds it: params, architecture, vocabulary, and where it
+    came from (``provenance``, see :data:`reference_numpy.spec.PROVENANCE_KEYS`; ``{}`` when
+    the file does not say)."""
+
+    params: dict
+    cfg: ModelConfig
+    vocab: Vocab
+    provenance: dict
 
 
 def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig,
-                 vocab: Vocab | Sequence[str]) -> None:
+                 vocab: Vocab | Sequence[str], provenance: dict | None = None) -> None:
     """Write ``params`` with their architecture and vocabulary, atomically: a kill at any
     moment leaves ``path`` either the previous whole file or the new one.
 
@@ -30,6 +42,8 @@ def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig,
       cfg: the architecture; ``cfg.vocab_size`` must be the vocabulary's length.
       vocab: a :class:`Vocab`, or any sequence of one-character strings (``list("abc")``,
         ``"abc"``): the character of each token id, a "chars" vocabulary.
+      provenance: where the model came from (:data:`reference_numpy.spec.PROVENANCE_KEYS`);
+        a file with it is format version 2.
 
     Raises WeightsError (nothing written) when a parameter is not finite, a shape disagrees
     with ``cfg`` or the vocabulary is not one of distinct characters.
@@ -40,7 +54,7 @@ def save_weights(path: str | os.PathLike, params: dict, cfg: ModelConfig,
         except (ValueError, TypeError) as error:
             raise WeightsError(f"vocab: {error}") from None
     write_weights(path, jax.device_get(params), cfg.architecture(), list(vocab.symbols),
-                  vocab.encoding)
+                  vocab.encoding, provenance)
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict, ModelConfig, Vocab]:
@@ -49,9 +63,14 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, ModelConfig, Vocab]:
     Raises WeightsError naming the file and the key at fault; nothing is returned
     half-loaded.
     """
+    return load_model(path)[:3]
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """:func:`load_weights` with the file's provenance."""
     try:
-        params, model, symbols, encoding = read_weights(path)
+        params, model, symbols, encoding, provenance = read_weights_file(path)
         cfg, vocab = ModelConfig(**model), Vocab.from_symbols(symbols, encoding)
     except ValueError as error:  # WeightsError, or a model lstm_fn cannot run (vocab_size 1)
         raise WeightsError(f"weights file {str(path)!r}: {error}") from None
-    return jax.tree.map(jnp.asarray, params), cfg, vocab
+    return Model(jax.tree.map(jnp.asarray, params), cfg, vocab, provenance)

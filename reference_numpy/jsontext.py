@@ -8,6 +8,7 @@ project reads (weights, configs, run records) goes through :func:`utf8_text` ins
 from __future__ import annotations
 
 import codecs
+import json
 
 # Longest first: the UTF-32 little-endian mark begins with the UTF-16 one.
 _FOREIGN_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
@@ -30,3 +31,15 @@ def utf8_text(raw: bytes) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8 text (byte {len(raw) - len(body) + error.start})") from None
+
+
+def json_text(value, **kwargs) -> str:
+    """``json.dumps`` with characters written as they are, unless ``value`` holds a lone
+    surrogate (a file name that is not UTF-8, decoded by ``os.fsdecode``), which UTF-8
+    cannot store: then everything beyond ASCII is escaped."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **kwargs)
+    return text

@@ -33,7 +33,14 @@ CARRY: dict[str, tuple[str, ...]] = {"rnn": ("h",), "lstm": ("h", "c"), "gru": (
 LSTM_FORGET_BIAS = 1.0
 
 FORMAT = "lstm_fn-weights"
-VERSION = 1
+# The newest format version a reader here reads: 2 adds "provenance" (where a model came
+# from); a file without it is written as version 1, which every reader reads.
+VERSION = 2
+# What "provenance" may hold, each optional: the run directory that trained the model (its
+# absolute path), the step and validation loss it was saved at, the corpus's SHA-256, the
+# command line, and when (ISO 8601).
+PROVENANCE_KEYS = {"run_dir": str, "step": int, "val_loss": float, "corpus_sha256": str,
+                   "command": str, "saved_at": str}
 MODEL_KEYS = ("cell", "vocab_size", "embed_size", "hidden_size", "num_layers")
 LAYER_KEYS = ("w_x", "w_h", "b_x", "b_h")
 ENCODINGS = ("chars", "bytes")

@@ -1,9 +1,11 @@
-"""JSON weights, format version 1: read with full validation, write atomically. numpy only.
+"""JSON weights: read with full validation, write atomically. numpy only.
 
 A file holds ``format``, ``version``, ``model`` (the five architecture keys of
 ``spec.MODEL_KEYS``), ``vocab`` (``vocab[i]`` is the character of token id ``i``), ``params``
 (the tree of ``spec.param_shapes``) and optionally ``encoding`` (``"chars"``, the default, or
 ``"bytes"``, where ``vocab`` is ``chr(0) .. chr(255)`` standing for the 256 byte values).
+Version 2 adds ``provenance``, where the model came from (``spec.PROVENANCE_KEYS``); a file
+without it is version 1, so that older readers still read it.
 
 Floats are written as the shortest decimal that reads back to the same float32, so a
 float32 model round-trips bit for bit. Reading checks everything before returning anything:
@@ -15,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from reference_numpy import spec
 from reference_numpy.atomic import atomic_write
-from reference_numpy.jsontext import utf8_text
+from reference_numpy.jsontext import json_text, utf8_text
 
 
 class WeightsError(ValueError):
@@ -122,11 +125,40 @@ def _check_params(params, shapes, key: str = "params"):
     return {k: _check_params(params[k], s, f"{key}.{k}") for k, s in shapes.items()}
 
 
+class WeightsFile(NamedTuple):
+    """A weights file's contents: float32 params, the ``model`` dict, the vocabulary, its
+    encoding, and the provenance (``{}`` for a version 1 file)."""
+
+    params: dict
+    model: dict
+    vocab: list
+    encoding: str
+    provenance: dict
+
+
+def _check_provenance(provenance) -> dict:
+    if not isinstance(provenance, dict):
+        raise WeightsError("provenance must be an object")
+    for key, kind in spec.PROVENANCE_KEYS.items():
+        value = provenance.get(key)
+        if value is None or (isinstance(value, kind) and not isinstance(value, bool)) or (
+                kind is float and type(value) is int):
+            continue
+        what = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise WeightsError(f"provenance.{key} must be {what}, got {value!r}")
+    return dict(provenance)
+
+
 def parse_weights(doc) -> tuple[dict, dict, list[str], str]:
     """Validate a decoded JSON document; returns ``(params, model, vocab, encoding)``."""
+    return parse_weights_file(doc)[:4]
+
+
+def parse_weights_file(doc) -> WeightsFile:
+    """Validate a decoded JSON document, the provenance included."""
     if not isinstance(doc, dict):
         raise WeightsError("the file is not a JSON object")
-    allowed = {"format", "version", "model", "vocab", "params", "encoding"}
+    allowed = {"format", "version", "model", "vocab", "params", "encoding", "provenance"}
     for key in ("format", "version", "model", "vocab", "params"):
         if key not in doc:
             raise WeightsError(f"missing key {key!r}")
@@ -154,7 +186,8 @@ def parse_weights(doc) -> tuple[dict, dict, list[str], str]:
     if not isinstance(layers, list) or len(layers) != model["num_layers"]:
         raise WeightsError(f"params.layers must be a list of {model['num_layers']} layers")
     params = _check_params(doc["params"], spec.param_shapes(model))
-    return params, dict(model), list(vocab), encoding
+    provenance = _check_provenance(doc.get("provenance", {}))
+    return WeightsFile(params, dict(model), list(vocab), encoding, provenance)
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict, dict, list[str], str]:
@@ -163,6 +196,11 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict, list[str], str]:
     Raises :class:`WeightsError` (a ``ValueError``) naming the key for any invalid content,
     and ``OSError`` when the file cannot be read.
     """
+    return read_weights_file(path)[:4]
+
+
+def read_weights_file(path: str | os.PathLike) -> WeightsFile:
+    """:func:`read_weights` with the file's provenance."""
     raw = Path(path).read_bytes()
     try:
         doc = json.loads(utf8_text(raw), parse_constant=_reject_constant)
@@ -174,7 +212,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict, dict, list[str], str]:
         first = str(e).splitlines()[0]
         raise WeightsError(first if first.startswith("not UTF-8") else
                            f"not usable JSON ({first})") from None
-    return parse_weights(doc)
+    return parse_weights_file(doc)
 
 
 def _json_array(array: np.ndarray) -> str:
@@ -193,19 +231,22 @@ def _json_tree(tree) -> str:
 
 
 def write_weights(path: str | os.PathLike, params: dict, model: dict, vocab: list[str],
-                  encoding: str = "chars") -> None:
+                  encoding: str = "chars", provenance: dict | None = None) -> None:
     """Validate and write a weights file atomically (see :func:`reference_numpy.atomic.atomic_write`).
 
     The document is checked with the same rules as reading, so a file that is written can
     always be read; non-finite parameters raise :class:`WeightsError` and nothing is written.
+    With ``provenance`` the file is version 2, else version 1.
     """
     params = _check_params(as_numpy_tree(params), spec.param_shapes(_check_model(dict(model))))
     vocab = _check_vocab(list(vocab), model, encoding)
     if encoding not in spec.ENCODINGS:
         raise WeightsError(f"encoding {encoding!r} is not one of {', '.join(spec.ENCODINGS)}")
-    header = {"format": spec.FORMAT, "version": spec.VERSION, "model": model,
+    header = {"format": spec.FORMAT, "version": 2 if provenance else 1, "model": model,
               "encoding": encoding, "vocab": vocab}
-    text = json.dumps(header, ensure_ascii=False)[:-1] + ',\n"params": ' + _json_tree(params) + "}\n"
+    if provenance:
+        header["provenance"] = _check_provenance(provenance)
+    text = json_text(header)[:-1] + ',\n"params": ' + _json_tree(params) + "}\n"
     atomic_write(path, text)
 
 

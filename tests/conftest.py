@@ -92,7 +92,7 @@ SHORT_TEXT = "the cat sat on the mat.\nthe dog ate the hat,\n" * 40
 
 def invoke(*args):
     """Run the click command in-process; stderr is kept apart from stdout."""
-    from lstm_fn.cli import cli
+    from lstm_fn.cli.app import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -182,13 +182,30 @@ def env(tmp_path_factory):
     return {**os.environ, "LSTM_FN_CACHE": cache}
 
 
+def _restore_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def default_sigint():
+    """A ``preexec_fn`` that gives a child Ctrl-C at its default disposition where the test
+    runner ignores it (a process started with SIGINT ignored keeps ignoring it); None where
+    it does not: exec resets a handled signal anyway, and a fork of a process that runs JAX
+    is best avoided."""
+    import signal
+
+    return _restore_sigint if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else None
+
+
 class Child:
     """The console command in a subprocess, its stderr lines collected with time stamps."""
 
     def __init__(self, args, env):
         self.started = time.monotonic()
         self.proc = subprocess.Popen(lstm_fn_command(*args), env=env, text=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=default_sigint())
         self.lines = []  # (seconds since start, line)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -225,3 +242,17 @@ class Child:
     @property
     def stderr(self) -> str:
         return "".join(line for _, line in self.lines)
+
+
+def assert_same_model(a, b) -> None:
+    """Two weights files hold the same model bit for bit, saved at the same step with the
+    same validation loss (their run directories and times may differ)."""
+    from reference_numpy.weights import read_weights_file
+
+    first, second = read_weights_file(a), read_weights_file(b)
+    assert (first.model, first.vocab, first.encoding) == (second.model, second.vocab,
+                                                          second.encoding)
+    for x, y in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+        assert x.tobytes() == y.tobytes()
+    for key in ("step", "val_loss"):
+        assert first.provenance.get(key) == second.provenance.get(key), key

@@ -160,9 +160,8 @@ def test_out_of_range_training_option_names_option_and_range(tmp_path, short_cor
 @pytest.mark.parametrize("option, needles", [
     (["--top-p", "0"], ["'--top-p'", "0<x<=1", "0.0"]),
     (["--top-p", "1.5"], ["'--top-p'", "0<x<=1", "1.5"]),
-    (["--temperature", "0"], ["temperature must be > 0 and finite unless greedy"]),
-    (["--temperature", "inf"], ["temperature must be > 0 and finite", "inf"]),
-    (["--temperature", "-2"], ["temperature must be > 0"]),
+    (["--temperature", "inf"], ["--temperature must be >= 0 and finite", "inf"]),
+    (["--temperature", "-2"], ["--temperature must be >= 0", "-2"]),
 ])
 def test_out_of_range_sampling_option_names_key_and_range(model_file, option, needles):
     result = invoke("sample", "--from", model_file, "--length", "5", "--seed", "0", *option)
@@ -170,11 +169,19 @@ def test_out_of_range_sampling_option_names_key_and_range(model_file, option, ne
     assert result.stdout == ""  # refused before the prime is printed
 
 
-def test_temperature_zero_is_fine_when_greedy(model_file):
-    result = invoke("sample", "--from", model_file, "--length", "5", "--temperature", "0",
-                    "--greedy", "--prime", "the")
-    assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("the") and len(result.stdout) == len("the") + 5 + 1
+def test_temperature_zero_is_greedy_and_greedy_warns_of_what_it_ignores(model_file):
+    """--temperature 0 means the most likely character, as --greedy does (many users expect
+    it); a temperature, top-k or top-p typed with --greedy does nothing, and says so."""
+    sample = ["sample", "--from", model_file, "--length", "12", "--prime", "the"]
+    greedy = invoke(*sample, "--greedy")
+    assert greedy.exit_code == 0 and greedy.stderr == "", greedy.output
+    assert greedy.stdout.startswith("the") and len(greedy.stdout) == len("the") + 12 + 1
+    zero = invoke(*sample, "--temperature", "0", "--seed", "4")
+    assert zero.exit_code == 0 and zero.stdout == greedy.stdout, zero.output
+    both = invoke(*sample, "--greedy", "--temperature", "0.5", "--top-k", "3")
+    assert both.stdout == greedy.stdout
+    assert both.stderr == ("warning: --greedy takes the most likely character; --temperature, "
+                           "--top-k ignored\n")
 
 
 # ---------------------------------------------------------------------- weights files

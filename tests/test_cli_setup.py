@@ -253,12 +253,12 @@ def test_debug_shows_the_traceback_and_ctrl_c_is_one_line(tmp_path, model_file, 
     assert invoke("info", bad).exit_code == 2
     result = invoke("--debug", "info", bad)
     assert result.exit_code == 1 and isinstance(result.exception, ValueError), result.output
-    import lstm_fn.weights
+    import lstm_fn.runs.models
 
-    def interrupted(path):
+    def interrupted(path, step=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lstm_fn.weights, "load_weights", interrupted)
+    monkeypatch.setattr(lstm_fn.runs.models, "open_model", interrupted)
     result = invoke("info", model_file)
     assert result.exit_code == 130 and result.stderr == "interrupted\n", result.output
 
@@ -268,12 +268,12 @@ def test_debug_shows_the_traceback_and_ctrl_c_is_one_line(tmp_path, model_file, 
 def test_an_unexpected_exception_is_named_as_a_bug(model_file, monkeypatch, error):
     """Bad input is exit 2; anything lstm_fn did not expect (a ValueError from deep inside
     JAX included) is a bug: one line saying so and how to see the traceback, exit 1."""
-    import lstm_fn.weights
+    import lstm_fn.runs.models
 
-    def broken(path):
+    def broken(path, step=None):
         raise error
 
-    monkeypatch.setattr(lstm_fn.weights, "load_weights", broken)
+    monkeypatch.setattr(lstm_fn.runs.models, "open_model", broken)
     result = invoke("info", model_file)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     [line] = result.stderr.splitlines()
@@ -285,12 +285,12 @@ def test_an_unexpected_exception_is_named_as_a_bug(model_file, monkeypatch, erro
 def test_an_operating_system_error_is_one_line_naming_the_file(model_file, monkeypatch):
     import errno
 
-    import lstm_fn.weights
+    import lstm_fn.runs.models
 
-    def unreadable(path):
+    def unreadable(path, step=None):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(lstm_fn.weights, "load_weights", unreadable)
+    monkeypatch.setattr(lstm_fn.runs.models, "open_model", unreadable)
     result = invoke("info", model_file)
     assert result.exit_code == 2
     assert result.stderr == f"Error: Permission denied ({model_file})\n"

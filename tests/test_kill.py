@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reference_numpy.weights import read_weights
-from conftest import TINY, Child, checkpoint_steps
+from conftest import TINY, Child, assert_same_model, checkpoint_steps
 
 
 def metrics(run_dir: Path) -> list[tuple]:
@@ -140,5 +140,6 @@ def test_many_kill_9_then_resume_ends_bit_identical(corpus, env, tmp_path):
     leftovers = [str(p) for p in work.rglob("*") if p.name.endswith(".tmp")
                  or ".orbax-checkpoint-tmp" in p.name]
     assert leftovers == []
-    assert out.read_bytes() == (tmp_path / "a" / "out" / "model.json").read_bytes()
+    assert_same_model(out, tmp_path / "a" / "out" / "model.json")
+    assert_same_model(work / "run" / "model.json", out)
     assert metrics(work / "run") == metrics(tmp_path / "a" / "run")

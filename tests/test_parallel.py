@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, lstm_fn
+from conftest import TINY, assert_same_model, lstm_fn
 
 # Three updates of the same model from the same data on one device and with the batch
 # split over two, dropout on.
@@ -84,8 +84,7 @@ def test_cli_run_split_over_two_devices_resumes_exactly(corpus, tmp_path):
     pretrain(tmp_path / "resumed", 10)
     resumed = pretrain(tmp_path / "resumed", 20, "--resume")
     assert "resumed from checkpoint 10" in resumed.stderr
-    assert ((tmp_path / "resumed" / "model.json").read_bytes()
-            == (tmp_path / "straight" / "model.json").read_bytes())
+    assert_same_model(tmp_path / "resumed" / "model.json", tmp_path / "straight" / "model.json")
     # The checkpoints restore onto whatever devices the next run has: one, then two again.
     one_device = {k: v for k, v in os.environ.items() if k != "LSTM_FN_CPU_DEVICES"}
     assert "resumed from checkpoint 20" in pretrain(tmp_path / "resumed", 25, "--resume",

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import reference_numpy as ref
-from lstm_fn.cli import cli
+from lstm_fn.cli.app import cli
 from lstm_fn.nn.config import ModelConfig
 from conftest import TINY, corpus_text, lstm_fn, lstm_fn_command
 from reference_numpy.weights import read_weights
@@ -202,8 +202,10 @@ def test_sigterm_checkpoints_then_resume_finishes(corpus, tmp_path):
     stopped = int(stderr.split("interrupted at step ")[1].split(":")[0])
     assert steps[-1] == stopped  # a final checkpoint at the step it stopped
     printed = shlex.split(stderr.split("continue with `")[1].split("`")[0])
-    assert printed == ["lstm-fn", "pretrain", "--resume", "--run-dir", str(tmp_path / "run")]
-    resumed = lstm_fn(*printed[1:], "--steps", stopped + 10)
+    assert printed == [sys.executable, "-m", "lstm_fn", "pretrain", "--resume", "--run-dir",
+                       str(tmp_path / "run")]  # the command as it was invoked
+    resumed = subprocess.run([*printed, "--steps", str(stopped + 10)], capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from checkpoint {stopped}" in resumed.stderr
 

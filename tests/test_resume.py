@@ -10,8 +10,8 @@ import jax
 import pytest
 
 import lstm_fn
-from conftest import (SHORT_TEXT, TINY, assert_refused, invoke, last_checkpoint, listing,
-                      metrics, two_step_run)
+from conftest import (SHORT_TEXT, TINY, assert_refused, assert_same_model, invoke,
+                      last_checkpoint, listing, metrics, two_step_run)
 
 
 @pytest.mark.parametrize("option, needles", [
@@ -30,7 +30,9 @@ def test_resume_with_another_shape_names_the_field(finished_run, short_corpus, o
 
 def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, short_corpus,
                                                                   monkeypatch):
-    """config.json keeps absolute paths; --out defaults to the run's own on a resume."""
+    """config.json keeps absolute paths; --out defaults to the run's own on a resume, and a
+    new --out starts as a copy of the run's own best model (RUN_DIR/model.json), never of
+    whatever file is at the old --out."""
     (tmp_path / "tiny.txt").write_bytes(short_corpus.read_bytes())
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -40,13 +42,16 @@ def test_resume_from_another_folder_keeps_the_runs_corpus_and_out(tmp_path, shor
     monkeypatch.chdir(tmp_path / "sub")
     again = invoke("pretrain", "../tiny.txt", "--resume", "--run-dir", "../run", "--steps", "4")
     assert again.exit_code == 0, again.output
-    assert "best model: " + str(tmp_path / "best.json") in again.stdout
+    assert f"copied to {tmp_path / 'best.json'}" in again.stdout
+    assert_same_model(tmp_path / "best.json", tmp_path / "run" / "model.json")
     assert not (tmp_path / "sub" / "model.json").exists()
+    # another run's model now sits at the old --out: a resume with a new --out ignores it
+    lstm_fn.save_weights(tmp_path / "best.json", *lstm_fn.load_weights(tmp_path / "best.json"))
     moved = invoke("pretrain", "--resume", "--run-dir", "../run", "--steps", "4",
-                   "--out", "elsewhere.json")  # no step left: the best so far is copied
-    assert moved.exit_code == 0 and "copied the best model so far" in moved.stderr
+                   "--out", "elsewhere.json")  # no step left: the run's best is copied
+    assert moved.exit_code == 0, moved.output
     assert (tmp_path / "sub" / "elsewhere.json").read_bytes() == \
-        (tmp_path / "best.json").read_bytes()
+        (tmp_path / "run" / "model.json").read_bytes()
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["out"] == str(tmp_path / "sub" / "elsewhere.json")
     assert recorded["train"]["steps"] == 4  # a later plain --resume keeps what was given
@@ -114,7 +119,7 @@ def test_resume_accepts_the_runs_own_settings_and_keeps_an_existing_new_out(tmp_
                                                                             short_corpus,
                                                                             model_file):
     """Giving a resume the settings the run already has (a repeatable one too) is no change;
-    a new --out that already holds a model is not overwritten with the run's best."""
+    a new --out that holds the only copy of another model is not overwritten."""
     run = ["--run-dir", tmp_path / "run", "--eval-every", "2"]
     first = invoke("pretrain", short_corpus, *TINY, "--freeze", "embed", "--steps", "2", *run,
                    "--out", tmp_path / "m.json")
@@ -123,9 +128,11 @@ def test_resume_accepts_the_runs_own_settings_and_keeps_an_existing_new_out(tmp_
     shutil.copy(model_file, other)
     again = invoke("pretrain", short_corpus, *TINY, "--freeze", "embed", "--resume", *run,
                    "--steps", "2", "--out", other)
-    assert again.exit_code == 0, again.output
-    assert "copied the best model" not in again.stderr
+    assert_refused(again, "holds the only copy of a model", "--replace-out")
     assert other.read_bytes() == model_file.read_bytes()
+    same = invoke("pretrain", short_corpus, *TINY, "--freeze", "embed", "--resume", *run,
+                  "--steps", "2")
+    assert same.exit_code == 0, same.output
 
 
 def test_resume_without_a_run_is_refused(tmp_path, short_corpus):
@@ -284,4 +291,4 @@ def test_a_run_written_by_release_0_1_0_resumes_exactly(tmp_path):
             for row in metrics(old / "run") if row["step"] > 3]
     assert late == [{k: row[k] for k in ("step", "train_loss", "val_loss")}
                     for row in metrics(tmp_path / "new") if row["step"] > 3]
-    assert (old / "model.json").read_bytes() == (tmp_path / "new.json").read_bytes()
+    assert_same_model(old / "run" / "model.json", tmp_path / "new.json")

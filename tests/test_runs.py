@@ -4,6 +4,7 @@ directories themselves: test_run_dirs.py)."""
 
 import json
 import shutil
+import time
 import unicodedata
 
 import jax
@@ -122,16 +123,19 @@ def test_a_fine_tune_of_a_bytes_model_reads_its_corpus_as_bytes(tmp_path, short_
     assert len(record["vocab"]) == 256 and "added" not in result.stderr
 
 
-def test_a_removed_best_model_is_reported_as_removed(finished_run, tmp_path):
+def test_a_removed_best_model_is_reported_then_written_again(finished_run, tmp_path):
     shutil.copytree(finished_run / "run", tmp_path / "run")
+    (tmp_path / "run" / "model.json").unlink()
     record = json.loads((tmp_path / "run" / "config.json").read_text())
-    record["out"] = str(tmp_path / "m.json")  # the run's model, now removed
+    record["out"] = None
     (tmp_path / "run" / "config.json").write_text(json.dumps(record))
     result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps", "2")
     # no step left, so no evaluation either
     assert result.exit_code == 0, result.output
-    assert "no model at" in result.stderr and "removed after the run's best evaluation" in \
-        result.stderr, result.output
+    assert "no model at" in result.stdout and "removed after the run's best evaluation" in \
+        result.stdout, result.output
+    result = invoke("pretrain", "--resume", "--run-dir", tmp_path / "run", "--steps", "4")
+    assert result.exit_code == 0 and (tmp_path / "run" / "model.json").exists(), result.output
 
 
 def test_the_test_split_is_scored_with_the_best_model(tmp_path, short_corpus):
@@ -204,7 +208,8 @@ def test_minutes_stop_the_run_after_that_many_minutes(tmp_path, short_corpus, mo
     from lstm_fn.training import loop
 
     ticks = itertools.count(0.0, 1.0)
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks)))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=lambda: next(ticks),
+                                                           strftime=time.strftime))
     result = invoke("pretrain", short_corpus, *TINY, "--minutes", "0.5", "--eval-every", "1000",
                     "--run-dir", tmp_path / "run", "--out", tmp_path / "m.json")
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ import jax
 from click.testing import CliRunner
 
 import lstm_fn
-from lstm_fn.cli import cli
+from lstm_fn.cli.app import cli
 from conftest import SHORT_TEXT, assert_refused, invoke, lstm_fn_command
 
 

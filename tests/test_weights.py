@@ -70,7 +70,9 @@ def mutate(doc, mutation):
 
 @pytest.mark.parametrize("mutation, message", [
     (("set", ["format"], "keras"), "format"),
-    (("set", ["version"], 2), "version 2 is newer"),
+    (("set", ["version"], 3), "version 3 is newer"),
+    (("set", ["provenance"], [1]), "provenance must be an object"),
+    (("set", ["provenance"], {"step": "ten"}), "provenance.step must be an integer"),
     (("delete", ["vocab"]), "'vocab'"),
     (("set", ["extra"], 1), "unknown key 'extra'"),
     (("delete", ["model", "hidden_size"]), "hidden_size"),

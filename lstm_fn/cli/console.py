@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 import time
-import unicodedata
 
-from lstm_fn.training.report import Evaluation, Reporter, StepReport
+from lstm_fn.training.report import (Evaluation, Reporter, StepReport, duration,
+                                     evaluation_line, progress_line, sample_lines)
 
 
 def log(message: str) -> None:
@@ -49,12 +49,6 @@ class Signals:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class _StatusLine:
@@ -94,17 +88,9 @@ class Progress(_StatusLine):
     def show(self, step, loss, chars_per_s, lr, elapsed):
         """``chars_per_s`` is None until a step has been timed (a process's first step
         compiles): the line then gives neither the pace nor a time left by steps."""
-        if self._due() is None:
-            return
-        remaining = []
-        if self.total and chars_per_s is not None:
-            remaining.append((self.total - step) * elapsed / max(step, 1))
-        if self.minutes:
-            remaining.append(self.minutes * 60 - elapsed)
-        eta = f" | ETA {_fmt_time(max(min(remaining), 0))}" if remaining else ""
-        of = f"/{self.total}" if self.total else ""
-        pace = "" if chars_per_s is None else f" | {chars_per_s:,.0f} chars/s"
-        self._write(f"step {step}{of} | loss {loss:.4f}{pace} | lr {lr:.2e}{eta}")
+        if self._due() is not None:
+            self._write(progress_line(StepReport(step, loss, chars_per_s, lr, elapsed),
+                                      self.total, self.minutes))
 
 
 class ScoringProgress(_StatusLine):
@@ -124,7 +110,7 @@ class ScoringProgress(_StatusLine):
         if now is None:
             return
         rate = done / max(now - self.started, 1e-9)
-        eta = _fmt_time((self.total - done) / max(rate, 1e-9))
+        eta = duration((self.total - done) / max(rate, 1e-9))
         self._write(f"{self.label} {done:,}/{self.total:,} characters ({done / self.total:.0%}) "
                     f"| {rate:,.0f} chars/s | ETA {eta}")
 
@@ -149,20 +135,10 @@ class Console(Reporter):
 
     def evaluated(self, evaluation: Evaluation, scored_training_loss: bool,
                   saved_to: str | None) -> None:
-        scored = "val (no validation split: the training loss)" if scored_training_loss \
-            else "val"
-        self.note(f"step {evaluation.step}: train {evaluation.train_loss:.4f}, {scored} "
-                  f"{evaluation.val_loss:.4f} nats/char ({evaluation.val_bpc:.3f} bpc)"
-                  + (f" *best, saved {saved_to}" if saved_to else ""))
+        self.note(evaluation_line(evaluation, scored_training_loss, saved_to))
 
     def sampled(self, step: int, text: str) -> None:
-        """Control characters other than newline and tab are logged as escapes (``\\x1b``):
-        a corpus of terminal output would otherwise send escape sequences to the terminal
-        that shows the log (clearing it, moving the cursor), and a carriage return would
-        overwrite the line. ``lstm-fn sample`` writes them as they are."""
-        shown = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" and c not in "\n\t"
-                        else c for c in text)
-        self.note(f"--- sample at step {step} ---\n{shown}\n---")
+        self.note(sample_lines(step, text))
 
     def scoring(self, total: int, label: str):
         return ScoringProgress(total, label)

@@ -14,11 +14,13 @@ import sys
 
 import click
 
+from lstm_fn.cli.interrupts import EXIT_CODE
+
 OK = 0
 BUG = 1
 BAD_INPUT = 2
 NONFINITE = 3  # training stopped on a non-finite loss or parameter
-INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a process ended by Ctrl-C
+INTERRUPTED = EXIT_CODE  # 130, as a shell reports a process ended by Ctrl-C
 CLOSED_PIPE = 128 + signal.SIGPIPE  # 141
 
 
@@ -78,7 +80,12 @@ def silence_stdout() -> None:
 
 class App(click.Group):
     """The command group: turns what escapes a command into its one line and exit code;
-    ``--debug`` shows the traceback instead."""
+    ``--debug`` shows the traceback instead. The arguments it was given are kept in
+    ``ctx.meta["argv"]`` (a run records its command line)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -1,5 +1,5 @@
-"""The commands that use what training made: ``sample``, ``eval`` and ``info`` on a weights
-file, ``plot`` on a run directory."""
+"""The commands that use what training made: ``sample``, ``eval`` and ``info`` on a model
+(a weights file, a run directory or a checkpoint of one), ``plot`` on a run directory."""
 
 from __future__ import annotations
 
@@ -68,14 +68,32 @@ def _fitting_normal_form(text: str, vocab) -> tuple[str, str] | None:
     return None
 
 
+FROM_HELP = ("The model: a weights file, a run directory (its best model) or one of its "
+             "checkpoint folders.")
+STEP_HELP = "With a run directory: the parameters of its checkpoint at this step."
+
+
+def model_options(command):
+    """``--from MODEL`` and ``--step N``."""
+    command = click.option("--step", type=click.IntRange(0), help=STEP_HELP)(command)
+    return click.option("--from", "model_path", type=UserPath(exists=True), required=True,
+                        help=FROM_HELP)(command)
+
+
+def _open(model_path, step):
+    from lstm_fn.runs.models import open_model
+
+    return open_model(model_path, step)
+
+
 @click.command(cls=Command)
-@click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
-              help="JSON weights of the model.")
+@model_options
 @click.option("--prime", help="Text to start from, or @FILE; accents are matched to the "
                               "vocabulary's Unicode form (NFC or NFD) [default: a newline, "
                               "or the first symbol of a vocabulary without one].")
 @click.option("--length", type=click.IntRange(0), default=500, help="Characters to generate.")
-@click.option("--temperature", type=float, default=1.0, help="Below 1: safer, above 1: wilder.")
+@click.option("--temperature", type=float, default=1.0,
+              help="Below 1: safer, above 1: wilder; 0: the most likely character (--greedy).")
 @click.option("--top-k", type=click.IntRange(1), help="Sample among the k most likely only.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True),
               help="Sample from the smallest set with this much probability.")
@@ -83,20 +101,23 @@ def _fitting_normal_form(text: str, vocab) -> tuple[str, str] | None:
 @click.option("--num-samples", type=click.IntRange(1), default=1, help="Independent samples.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
               help="Random seed [default: a fresh one each run].")
-def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_samples, seed):
+@click.pass_context
+def sample(ctx, model_path, step, prime, length, temperature, top_k, top_p, greedy,
+           num_samples, seed):
     """Generate text from a model.
 
     One sample is streamed to stdout as it is produced; with --num-samples above 1, the
-    samples are printed when all of them are done.
+    samples are printed when all of them are done (with a progress line on stderr).
     """
     import secrets
 
     import jax
 
+    from lstm_fn.cli.console import ScoringProgress, log
     from lstm_fn.sampling import sample_text, sample_texts
-    from lstm_fn.weights import load_weights
 
-    params, cfg, vocab = load_weights(model_path)
+    params, cfg, vocab, _ = _open(model_path, step)
+    greedy = _greedy(ctx, greedy, temperature, log)
     prime = _read_prime(prime, vocab)
     if isinstance(prime, str) and (fitting := _fitting_normal_form(prime, vocab)):
         prime = fitting[1]
@@ -105,7 +126,7 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
         raise BadInput(f"--prime has {len(missing)} character(s) not in the model's "
                        f"vocabulary: {shown}")
     if not greedy and not 0 < temperature < float("inf"):
-        raise BadInput(f"--temperature must be > 0 and finite unless greedy, got {temperature}")
+        raise BadInput(f"--temperature must be >= 0 and finite, got {temperature}")
     options = dict(key=jax.random.key(secrets.randbits(31) if seed is None else seed),
                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
     if num_samples == 1:
@@ -115,15 +136,29 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
             click.echo(piece, nl=False, color=True)
         click.echo(color=True)
         return
-    for i, text in enumerate(sample_texts(params, cfg, vocab, prime, length, num_samples,
-                                          **options)):
+    progress = ScoringProgress(length * num_samples, "sampled")
+    texts = sample_texts(params, cfg, vocab, prime, length, num_samples,
+                         on_chunk=lambda done: progress(done * num_samples), **options)
+    for i, text in enumerate(texts):
         click.echo(f"--- sample {i + 1} ---\n{text}", color=True)
+
+
+def _greedy(ctx, greedy: bool, temperature: float, warn) -> bool:
+    """``--greedy``, or ``--temperature 0``: the most likely character each time; a
+    temperature, top-k or top-p given with ``--greedy`` is warned about (it does nothing)."""
+    from click.core import ParameterSource
+
+    given = [f"--{name.replace('_', '-')}" for name in ("temperature", "top_k", "top_p")
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if greedy and given:
+        warn(f"warning: --greedy takes the most likely character; {', '.join(given)} "
+             "ignored")
+    return greedy or temperature == 0
 
 
 @click.command("eval", cls=Command)
 @click.argument("corpus", required=False)
-@click.option("--from", "model_path", type=UserPath(exists=True, dir_okay=False), required=True,
-              help="JSON weights of the model.")
+@model_options
 @click.option("--data-dir", type=UserPath(file_okay=False), default=DATA_DIR,
               help="Where corpus names are looked up and fetched to.")
 @click.option("--batch-size", type=click.IntRange(1), default=32,
@@ -132,7 +167,7 @@ def sample(model_path, prime, length, temperature, top_k, top_p, greedy, num_sam
 @click.option("--seq-len", type=click.IntRange(1), default=256,
               help="Window length; the state is carried across windows, so it changes "
                    "speed and memory only.")
-def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
+def evaluate_command(corpus, model_path, step, data_dir, batch_size, seq_len):
     """Loss, bits per character and perplexity of a model on all of CORPUS.
 
     CORPUS is read as pretrain reads it: a text file, a file name under --data-dir,
@@ -146,9 +181,8 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
     from lstm_fn.errors import CorpusError
     from lstm_fn.text.corpus import load_corpus
     from lstm_fn.training.evaluate import score
-    from lstm_fn.weights import load_weights
 
-    params, cfg, vocab = load_weights(model_path)
+    params, cfg, vocab, _ = _open(model_path, step)
     text = load_corpus(corpus, data_dir=data_dir, encoding=vocab.encoding,
                        remedy="use a model trained with --vocab bytes")
     try:
@@ -169,17 +203,24 @@ def evaluate_command(corpus, model_path, data_dir, batch_size, seq_len):
 
 
 @click.command(cls=Command)
-@click.argument("model_path", type=UserPath(exists=True, dir_okay=False))
-def info(model_path):
-    """Architecture, parameter count and vocabulary of a weights file."""
-    from lstm_fn.weights import load_weights
-
-    _, cfg, vocab = load_weights(model_path)
+@click.argument("model_path", type=UserPath(exists=True))
+@click.option("--step", type=click.IntRange(0), help=STEP_HELP)
+def info(model_path, step):
+    """Architecture, parameter count, vocabulary and origin of a model: MODEL_PATH is a
+    weights file, a run directory (its best model) or one of its checkpoint folders."""
+    _, cfg, vocab, provenance = _open(model_path, step)
     click.echo(f"cell: {cfg.cell}\nlayers: {cfg.num_layers}\nhidden size: {cfg.hidden_size}\n"
                f"embedding size: {cfg.embed_size}\nparameters: {cfg.num_params:,}\n"
                f"vocabulary: {len(vocab)} ({vocab.encoding})")
     if vocab.encoding == "chars":
         click.echo("symbols: " + "".join(map(_shown_symbol, vocab.symbols)))
+    shown = {"run_dir": "run directory", "step": "step", "val_loss": "validation loss",
+             "corpus_sha256": "corpus sha256", "command": "command", "saved_at": "saved at"}
+    for key, label in shown.items():
+        if provenance.get(key) is not None:
+            value = provenance[key]
+            click.echo(f"{label}: {value:.4f} nats/char" if key == "val_loss" else
+                       f"{label}: {value}")
 
 
 def _shown_symbol(symbol: str) -> str:

@@ -164,3 +164,22 @@ def flag(key: str) -> str:
     """The option of a setting named as in a config file (``train.learning_rate``: ``--lr``)."""
     section, name = key.split(".", 1)
     return (TRAIN_HELP if section == "train" else MODEL_HELP)[name][0]
+
+
+def invoked_as() -> str:
+    """How the user called lstm-fn, for the commands that messages suggest: the script as
+    typed (``.venv/bin/lstm-fn``), ``python -m lstm_fn`` or ``python cli.py`` as run;
+    ``lstm-fn`` otherwise (the commands called from Python)."""
+    import os
+    import shlex
+    import sys
+
+    script = sys.argv[0] if sys.argv else ""
+    original = list(getattr(sys, "orig_argv", []))
+    name = os.path.basename(script)
+    if name == "__main__.py" and "-m" in original and \
+            original[original.index("-m") + 1:][:1] == ["lstm_fn"]:
+        return shlex.join(original[:original.index("-m") + 2])
+    if name in ("lstm-fn", "cli.py") and script in original:
+        return shlex.join(original[:original.index(script) + 1] if name == "cli.py" else [script])
+    return "lstm-fn"

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from lstm_fn.errors import ConfigError, RunError
 from lstm_fn.nn.config import ModelConfig
+from lstm_fn.runs.lock import in_use
+from lstm_fn.runs.records import BEST_MODEL
 from reference_numpy.spec import FORMAT as WEIGHTS_FORMAT
+from reference_numpy.weights import WeightsError, read_weights_file
 
 
 def check_memory(cfg: ModelConfig) -> None:
@@ -129,3 +132,42 @@ def check_out_holds_weights(out: Path) -> None:
     if not (head.startswith(b"{") and f'"{WEIGHTS_FORMAT}"'.encode() in head):
         raise RunError(f"--out {str(out)!r} exists and is not a lstm_fn weights file; give "
                        "another file name (or remove that file first)")
+
+
+def check_out_owner(out: Path, run_dir: Path, recorded_out: str | None,
+                    replace: bool) -> str | None:
+    """May this run write ``--out``? An existing weights file that is the only copy of a
+    model (its run directory no longer has it, or it says nothing of where it came from) is
+    never replaced unless ``replace``; a copy of another run's model, which that run still
+    has, is. Returns a line saying what is replaced (None: nothing is), RunError otherwise.
+    ``recorded_out`` is the ``--out`` of the run being resumed."""
+    if not out.is_file() or not out.stat().st_size:
+        return None
+    check_out_holds_weights(out)
+    try:
+        provenance = read_weights_file(out).provenance
+    except (WeightsError, OSError):  # damaged: no model to lose
+        return f"--out {str(out)!r} is a damaged weights file; replacing it"
+    owner = provenance.get("run_dir")
+    if owner is not None and Path(owner) == Path(run_dir).resolve():
+        return None  # this run's own copy
+    if owner is None and recorded_out is not None and Path(recorded_out) == out.resolve():
+        return None  # this run's --out, written before weights files said where they came from
+    if owner is not None and (Path(owner) / BEST_MODEL).is_file() and \
+            (Path(owner) / BEST_MODEL).resolve() != out.resolve():
+        if in_use(Path(owner)):
+            raise RunError(f"--out {str(out)!r} is the copy of the model of run {owner!r}, "
+                           "which is training now; choose another --out")
+        return (f"--out {str(out)!r}: replacing a copy of the model of run {owner!r} (which "
+                f"keeps it in {BEST_MODEL})")
+    if replace:
+        return f"--out {str(out)!r}: replacing it (--replace-out)"
+    if owner is not None and (Path(owner) / BEST_MODEL).resolve() == out.resolve():
+        what = f"is the best model of run {owner!r}"
+    elif owner is not None:
+        what = (f"holds the only copy of the model of run {owner!r} (step "
+                f"{provenance.get('step')}), which that run no longer has")
+    else:
+        what = "holds the only copy of a model that does not say which run made it"
+    raise RunError(f"--out {str(out)!r} {what}; choose another --out, or pass --replace-out "
+                   "to replace it")

@@ -44,3 +44,19 @@ class RunDirLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a process holds the lock of ``run_dir`` (a run is training in it now)."""
+    if fcntl is None or not Path(run_dir).is_dir():
+        return False
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this file system: nothing tells
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False

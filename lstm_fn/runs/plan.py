@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import shlex
 from pathlib import Path
 
 import jax
@@ -28,17 +29,17 @@ from lstm_fn.training.optim import make_schedule
 from lstm_fn.training.state import check_freeze
 from lstm_fn.weights import load_weights
 
-# Where the best model goes when --out is not given (and the run records none).
-DEFAULT_OUT = {"pretrain": Path("model.json"), "fine-tune": Path("tuned.json")}
-
-
 @dataclasses.dataclass(frozen=True)
 class RunRequest:
     """What a command asks for. ``config_file`` is the config file's document
     (:func:`lstm_fn.config.read_config_file`), ``given_model`` and ``given_train`` the
-    options typed on the command line by field name (None: not given). ``out`` and
-    ``base_path`` None on a resume mean the run's own. Paths are recorded as absolute paths,
-    so a run resumes from anywhere."""
+    options typed on the command line by field name (None: not given). ``out`` is a file
+    that gets a copy of the best model (the run's own is ``RUN_DIR/model.json``);
+    ``replace_out`` lets it replace a weights file that is the only copy of a model. ``out``
+    and ``base_path`` None on a resume mean the run's own. Paths are recorded as absolute
+    paths, so a run resumes from anywhere. ``command_line`` is recorded with the run and in
+    its models; ``program`` is how the user called lstm-fn, for the commands the messages
+    suggest."""
 
     command: str  # "pretrain" or "fine-tune"
     corpus: str | None
@@ -51,6 +52,14 @@ class RunRequest:
     config_file: dict = dataclasses.field(default_factory=lambda: {"model": {}, "train": {}})
     given_model: dict = dataclasses.field(default_factory=dict)
     given_train: dict = dataclasses.field(default_factory=dict)
+    replace_out: bool = False
+    command_line: str = ""
+    program: str = "lstm-fn"
+
+    def resume_command(self, command: str | None = None) -> str:
+        """The command line that continues this run (with ``command``: another one's)."""
+        return (f"{self.program} {command or self.command} --resume --run-dir "
+                f"{shlex.quote(str(self.run_dir))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +68,8 @@ class RunPlan:
 
     request: RunRequest
     record: dict | None  # the record of the run being resumed
-    out: Path
+    out: Path | None  # the copy of the best model (None: none)
+    out_note: str | None  # what writing ``out`` replaces, to be said
     base_path: Path | None  # a fine-tune's base model (None: the checkpoints hold it)
     corpus: Corpus
     corpus_at: str | None  # the corpus's absolute path (None: the built-in one)
@@ -85,7 +95,7 @@ def plan_run(request: RunRequest) -> RunPlan:
         resume.check_resume(request.command, request.run_dir, request.base_path, record)
     corpus_at = (corpus_location(request.corpus, request.data_dir) if record is None else
                  resume.resumed_corpus(request.corpus, request.data_dir, record))
-    out, base_path = _settle_paths(request, record, corpus_at)
+    out, out_note, base_path = _settle_paths(request, record, corpus_at)
     base = load_weights(base_path) if base_path is not None else None
     config = resolve(request.command, request.config_file, request.given_model,
                      request.given_train, record=record,
@@ -104,8 +114,8 @@ def plan_run(request: RunRequest) -> RunPlan:
     check_freeze(config.train.freeze, cfg.num_layers)
     make_schedule(config.train, total_steps)  # refuses a schedule without a known length
     checks.check_memory(cfg)
-    return RunPlan(request, record, out, base_path, corpus, corpus_at, digest, config, cfg,
-                   vocab, tuple(added), params, splits, total_steps)
+    return RunPlan(request, record, out, out_note, base_path, corpus, corpus_at, digest, config,
+                   cfg, vocab, tuple(added), params, splits, total_steps)
 
 
 def existing_run(request: RunRequest) -> dict | None:
@@ -132,21 +142,26 @@ def existing_run(request: RunRequest) -> dict | None:
 
 
 def _settle_paths(request: RunRequest, record: dict | None,
-                  corpus_at: str | None) -> tuple[Path, Path | None]:
-    """``(out, base_path)``: on a resume what the run recorded unless given again. Refuses
-    an ``out`` that is a folder, would overwrite an input or a file of the run, or holds
-    anything but lstm_fn weights."""
-    out = request.out or Path((record or {}).get("out") or DEFAULT_OUT[request.command])
-    if out.is_dir():
-        raise RunError(f"--out {str(out)!r} is a folder; give a file name")
-    checks.check_out_is_a_file(out)
-    run_files = {name: request.run_dir / name
-                 for name in (records.CONFIG, records.METRICS, "loss.png")}
+                  corpus_at: str | None) -> tuple[Path | None, str | None, Path | None]:
+    """``(out, what writing it replaces, base_path)``: on a resume what the run recorded
+    unless given again. Refuses an ``out`` that is a folder, would overwrite an input or a
+    file of the run, holds anything but lstm_fn weights, or holds the only copy of a model
+    (:func:`lstm_fn.runs.checks.check_out_owner`)."""
+    run_files = {name: request.run_dir / name for name in (
+        records.CONFIG, records.METRICS, records.END, records.LOG, records.BEST_MODEL,
+        "loss.png")}
     for name, run_file in run_files.items():
         if corpus_at is not None and Path(corpus_at).resolve() == run_file.resolve():
             raise RunError(f"the corpus {corpus_at!r} is the run's {name}, which the run "
                            "writes; move it or choose another --run-dir")
     base_path = _base_path(request, record)
+    recorded = (record or {}).get("out")
+    out = request.out or (Path(recorded) if recorded else None)
+    if out is None:
+        return None, None, base_path
+    if out.is_dir():
+        raise RunError(f"--out {str(out)!r} is a folder; give a file name")
+    checks.check_out_is_a_file(out)
     inputs = {"the corpus": corpus_at, "the base model (--from)": base_path,
               "the --config file": request.config_path,
               **{f"the run's {name}": path for name, path in run_files.items()}}
@@ -156,8 +171,8 @@ def _settle_paths(request: RunRequest, record: dict | None,
     if out.resolve().is_relative_to((request.run_dir / "checkpoints").resolve()):
         raise RunError(f"--out {str(out)!r} is inside the run's checkpoints; choose another "
                        "file")
-    checks.check_out_holds_weights(out)
-    return out, base_path
+    note = checks.check_out_owner(out, request.run_dir, recorded, request.replace_out)
+    return out, note, base_path
 
 
 def _base_path(request: RunRequest, record: dict | None) -> Path | None:

@@ -15,7 +15,12 @@ from reference_numpy.atomic import atomic_write
 def plot_run(run_dir: str | Path) -> Path:
     """Draw the run's curves (nats/char on the left axis, bits/char on the right) and write
     ``run_dir/loss.png`` atomically; returns its path. RunError when the folder holds no
-    evaluations; ImportError without matplotlib."""
+    evaluations; ImportError without matplotlib.
+
+    The training loss of an evaluation is the mean over the steps since the one before, so
+    it is drawn as a level over that interval (the first one, from step 0, holds the
+    untrained model's losses and sits well above the validation point at its end), the
+    validation loss as a point at the step it was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +35,8 @@ def plot_run(run_dir: str | Path) -> Path:
         raise RunError(f"{str(metrics)!r} has no evaluations yet")
     steps = [r.step for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, [r.train_loss for r in rows], label="train", marker=".")
+    ax.stairs([r.train_loss for r in rows], [0, *steps], baseline=None,
+              label="train (mean over each interval)")
     ax.plot(steps, [r.val_loss for r in rows], label="validation", marker=".")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/char)")

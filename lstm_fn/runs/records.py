@@ -1,27 +1,33 @@
-"""A run directory's records: ``config.json`` (what the run is) and ``metrics.jsonl`` (one
-evaluation a line). Each has one schema, one writer and one reader, here.
+"""A run directory's records: ``config.json`` (what the run is), ``metrics.jsonl`` (one
+evaluation a line) and ``end.json`` (how it ended). Each has one schema, one writer and one
+reader, here; ``train.log`` is the log as the console showed it.
 
-``config.json`` holds the command, the corpus (its absolute path, None for the built-in
-one) and SHA-256, ``--out`` and the base model (absolute paths), the resolved ``model`` and
-``train`` sections, where each setting came from (``sources``), and the vocabulary and its
-encoding. A ``metrics.jsonl`` line is a :class:`lstm_fn.training.report.Evaluation`.
+``config.json`` holds the command (and the command line), the corpus (its absolute path,
+None for the built-in one) and SHA-256, ``--out`` and the base model (absolute paths), the
+resolved ``model`` and ``train`` sections, where each setting came from (``sources``), and
+the vocabulary and its encoding. A ``metrics.jsonl`` line is a
+:class:`lstm_fn.training.report.Evaluation`. ``end.json`` is written when a run ends in a
+way it can tell (finished, or stopped by a signal, early stopping or a non-finite value)
+and removed when it starts again; a run killed or crashed has none.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from lstm_fn.config import MODEL_FIELDS, TRAIN_DEFAULTS
 from lstm_fn.errors import RunError
-from lstm_fn.training.report import Evaluation, Reporter
+from lstm_fn.training.report import Evaluation
 from reference_numpy.atomic import atomic_write
-from reference_numpy.jsontext import utf8_text
+from reference_numpy.jsontext import json_text, utf8_text
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+END = "end.json"
+LOG = "train.log"
+BEST_MODEL = "model.json"  # the run's best model, with its provenance
 # What config.json of a run always records (a resume reads them).
 RECORD_KEYS = ("corpus", "model", "train", "vocab", "encoding")
 
@@ -53,14 +59,11 @@ def read_record(path: Path) -> dict:
 
 
 def write_record(path: Path, record: dict) -> None:
-    """Write ``config.json`` atomically. A file name that is not UTF-8 holds lone
-    surrogates (``os.fsdecode``), which only JSON's escapes can store."""
-    paths = "".join(record.get(k) or "" for k in ("corpus", "out", "base"))
-    surrogates = any("\ud800" <= c <= "\udfff" for c in paths)
-    atomic_write(path, json.dumps(record, indent=1, ensure_ascii=surrogates))
+    """Write ``config.json`` atomically."""
+    atomic_write(path, json_text(record, indent=1))
 
 
-def evaluation_line(evaluation: Evaluation) -> str:
+def metrics_line(evaluation: Evaluation) -> str:
     return json.dumps(evaluation._asdict()) + "\n"
 
 
@@ -90,49 +93,26 @@ def keep_evaluations_until(path: Path, step: int) -> None:
     the old file."""
     if not path.exists():
         return
-    kept = [evaluation_line(e) for e in read_evaluations(path) if e.step <= step]
+    kept = [metrics_line(e) for e in read_evaluations(path) if e.step <= step]
     atomic_write(path, "".join(kept))
-
-
-class Recorder(Reporter):
-    """A reporter that writes each evaluation to the run's ``metrics.jsonl`` (after cutting
-    it back to the step training restarts from), then passes every event on to ``inner``."""
-
-    def __init__(self, run_dir: Path, inner: Reporter):
-        self.path, self.inner, self.file = Path(run_dir) / METRICS, inner, None
-
-    def started(self, step: int, total_steps, minutes) -> None:
-        keep_evaluations_until(self.path, step)
-        self.file = self.path.open("a", encoding="utf-8")
-        self.inner.started(step, total_steps, minutes)
-
-    def evaluated(self, evaluation: Evaluation, scored_training_loss: bool,
-                  saved_to: str | None) -> None:
-        self.file.write(evaluation_line(evaluation))
-        self.file.flush()
-        self.inner.evaluated(evaluation, scored_training_loss, saved_to)
-
-    def finished(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        self.inner.finished()
-
-    def note(self, text: str) -> None:
-        self.inner.note(text)
-
-    def step(self, report) -> None:
-        self.inner.step(report)
-
-    def sampled(self, step: int, text: str) -> None:
-        self.inner.sampled(step, text)
-
-    def scoring(self, total: int, label: str) -> Callable[[int], None]:
-        return self.inner.scoring(total, label)
-
-    def stop_signals(self):
-        return self.inner.stop_signals()
 
 
 def absolute(path: str | os.PathLike | None) -> str | None:
     """A path as config.json records it: absolute, so the run resumes from anywhere."""
     return None if path is None else os.path.abspath(path)
+
+
+def write_end(run_dir: Path, end: dict) -> None:
+    """``end.json``: ``status`` ("finished" or "stopped"), ``reason`` ("steps", "minutes",
+    "patience", "signal", "nonfinite"), ``step``, ``best_val``, ``test`` (the test split's
+    nats/char or None), ``ended_at``."""
+    atomic_write(Path(run_dir) / END, json.dumps(end, indent=1))
+
+
+def read_end(run_dir: Path) -> dict | None:
+    """A run's ``end.json``, None when it has none (or an unreadable one)."""
+    try:
+        end = json.loads(utf8_text((Path(run_dir) / END).read_bytes()))
+    except (OSError, ValueError):
+        return None
+    return end if isinstance(end, dict) else None

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from lstm_fn.errors import RunError
 from lstm_fn.text.corpus import corpus_location
-from reference_numpy.atomic import atomic_write
 
 
 def check_resume(command: str, run_dir: Path, base_path: Path | None, record: dict) -> None:
@@ -57,13 +56,3 @@ def resumed_corpus(given: str | None, data_dir: Path, record: dict) -> str | Non
         name = repr(recorded) if recorded else "the built-in corpus"
         raise RunError(f"--resume: the run trains on {name}, not {given!r}")
     return location
-
-
-def keep_best_at_new_out(out: Path, default_out: Path, record: dict) -> str | None:
-    """A resume given another ``--out`` starts it with the run's best model so far; says
-    what was copied (None: nothing)."""
-    old = Path(record.get("out") or default_out)
-    if old.exists() and not out.exists() and old.resolve() != out.resolve():
-        atomic_write(out, old.read_bytes())
-        return f"copied the best model so far from {old} to {out}"
-    return None

@@ -6,6 +6,7 @@ Plain Python (no JAX), so the CLI validates its input before anything compiles.
 from __future__ import annotations
 
 import hashlib
+import stat
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,10 +76,7 @@ def load_corpus(source: str | None, *, data_dir: str | Path = DATA_DIR, encoding
     else:
         path = _resolve_path(source, data_dir)
         name, label = path.stem, f"corpus file {str(path)!r}"
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise CorpusError(f"cannot read {label}: {err.strerror}") from None
+        raw = _read_file(path, label)
     if not raw:
         raise CorpusError(f"{label} is empty")
     return Corpus(name, None if encoding == "bytes" else _decode_text(raw, label, remedy), raw)
@@ -106,7 +104,38 @@ def _resolve_path(source: str, data_dir: Path) -> Path:
         raise CorpusError(f"corpus file not found: {source!r}{elsewhere}")
     if path.is_dir():
         raise CorpusError(f"corpus path is a directory, not a file: {str(path)!r}")
+    kind = stat.S_IFMT(path.stat().st_mode)
+    if kind in _NOT_A_TEXT:
+        raise CorpusError(f"corpus path {str(path)!r} is {_NOT_A_TEXT[kind]}, not a file "
+                          "holding a text")
     return path
+
+
+# Files that are no text to train on: their reads never end (/dev/zero) or mean something else.
+_NOT_A_TEXT = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket"}
+# A corpus read from a pipe (`lstm-fn pretrain <(zcat corpus.gz)`) is read up to this size.
+MAX_PIPE_BYTES = 1 << 30
+PIPE_CHUNK = 1 << 20
+
+
+def _read_file(path: Path, label: str) -> bytes:
+    """The bytes of a regular file, or of a pipe up to :data:`MAX_PIPE_BYTES` (read in
+    pieces, so Ctrl-C stops it between any two)."""
+    try:
+        if not stat.S_ISFIFO(path.stat().st_mode):
+            return path.read_bytes()
+        with path.open("rb") as pipe:
+            pieces, size = [], 0
+            while size <= MAX_PIPE_BYTES and (piece := pipe.read(PIPE_CHUNK)):
+                pieces.append(piece)
+                size += len(piece)
+    except OSError as err:
+        raise CorpusError(f"cannot read {label}: {err.strerror}") from None
+    if size > MAX_PIPE_BYTES:
+        raise CorpusError(f"{label} is a pipe that gave more than {MAX_PIPE_BYTES:,} bytes; "
+                          "save the text to a file and train on that")
+    return b"".join(pieces)
 
 
 def plain_newlines(text: str) -> str:

@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -110,6 +110,15 @@ def open_manager(directory: str | os.PathLike, *, keep: int = 3,
         create=not read_only,  # (orbax warns when it has to change them itself)
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def abstract_of(make: Callable[[], Any]):
+    """The shapes and dtypes of the tree ``make()`` would build (nothing is computed), placed
+    on one device: what :func:`restore` takes. A state restored so can then be laid out for
+    any number of devices."""
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
+                        jax.eval_shape(make))
 
 
 def tree_layout(state) -> str:

@@ -41,7 +41,8 @@ LOG_SAMPLE_TEMPERATURE = 0.8
 class Training:
     """What to train: the model and its settings, the splits (int ids ``[N]`` each), how
     many steps in all (None: no step limit), the checkpoint folder, where the best model is
-    exported (JSON weights), and whether to resume from the newest checkpoint."""
+    exported (JSON weights, with ``provenance`` and the step and validation loss it was
+    saved at), and whether to resume from the newest checkpoint."""
 
     cfg: ModelConfig
     tcfg: TrainConfig
@@ -53,14 +54,17 @@ class Training:
     checkpoints: Path
     best_model: Path
     resume: bool = False
+    provenance: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class RunResult:
     """How a run ended: ``status`` "done", "interrupted" (by ``signal``) or "nonfinite"
-    (``message`` says what, and what was kept); ``model`` is where the best model is."""
+    (``message`` says what, and what was kept); ``reason`` why it stopped ("steps",
+    "minutes", "patience", "signal" or "nonfinite"); ``model`` is where the best model is."""
 
     status: str
+    reason: str
     step: int
     best_val: float | None
     model: Path
@@ -121,7 +125,7 @@ def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
                                                job.cfg, job.tcfg))
         with reporter.stop_signals() as received:
             loop.run(received)
-        loop.finish()
+            loop.finish(received)
     reporter.finished()
     result = loop.result()
     if result.status == "done":
@@ -154,6 +158,7 @@ class _Loop:
         self.job, self.manager, self.reporter, self.clock = job, manager, reporter, clock
         self.book = LoopState(ValTracker(job.tcfg))
         self.status, self.message, self.signal, self.last_lr = "done", "", None, 0.0
+        self.reason = "steps"
         self.started, self.step_timed = clock(), False
 
     @property
@@ -182,10 +187,7 @@ class _Loop:
     def _restored(self, fresh: TrainState) -> TrainState:
         # Restored onto one device whatever layout it was saved from, then laid out for this
         # run's devices: a run may resume on another number of devices.
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                               sharding=_one_device()),
-                                jax.eval_shape(lambda: fresh.as_tree()))
-        restored = checkpoint.restore(self.manager, abstract)
+        restored = checkpoint.restore(self.manager, checkpoint.abstract_of(fresh.as_tree))
         if restored is None:
             self.reporter.note("no checkpoint to resume from yet: starting at step 0")
             return fresh
@@ -207,6 +209,7 @@ class _Loop:
                 self.show_sample()
             if self.step % tcfg.checkpoint_every == 0:
                 self.save_checkpoint()
+        self.reason = reason
         if reason == "signal":
             self.status, self.signal = "interrupted", received()
 
@@ -279,9 +282,12 @@ class _Loop:
             self.state = self.state._replace(lr_scale=jax.device_put(
                 jax.numpy.float32(book.tracker.scale), self.state.lr_scale.sharding))
             book.losses.clear()
-        improved = book.saved_best is None or val.loss < book.saved_best
+        # a best model that is gone (removed, or a run of lstm_fn 0.1.0, which kept it at
+        # --out only) is written again by the next evaluation
+        improved = (book.saved_best is None or val.loss < book.saved_best
+                    or not job.best_model.exists())
         if improved:
-            save_weights(job.best_model, self.state.params, job.cfg, job.vocab)
+            self.export(val.loss)
             book.saved_best = val.loss
         timed_steps, timed_seconds = book.timed
         chars = job.tcfg.batch_size * job.tcfg.seq_len * timed_steps
@@ -292,6 +298,19 @@ class _Loop:
         self.reporter.evaluated(evaluation, len(job.val_ids) < 2,
                                 str(job.best_model) if improved else None)
         return True
+
+    def export(self, val_loss: float) -> None:
+        """Write the model as the best so far, with where it came from; a write that fails
+        (a full disk) is a RunError naming the file."""
+        job = self.job
+        provenance = {**job.provenance, "step": self.step, "val_loss": val_loss,
+                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            save_weights(job.best_model, self.state.params, job.cfg, job.vocab, provenance)
+        except OSError as error:
+            raise RunError(f"cannot write the best model {str(job.best_model)!r} "
+                           f"({error.strerror or error}); the checkpoints are whole: free "
+                           "some space and continue", resumable=True) from None
 
     def show_sample(self) -> None:
         """Report a sample that continues the training text's first symbol (ids, not text:
@@ -328,22 +347,26 @@ class _Loop:
                  if book.last_checkpoint is not None else "no checkpoint yet")
         best = (f"{job.best_model} keeps the best model" if job.best_model.exists()
                 else "no model was written")
-        self.status = "nonfinite"
+        self.status = self.reason = "nonfinite"
         self.message = (f"{what} at step {self.step}; stopped without saving. Last good: "
                         f"{where}; {best}. A resume would repeat the same steps: start a new "
                         "run with a lower --lr or --grad-clip")
 
-    def finish(self) -> None:
+    def finish(self, received: Callable[[], int | None]) -> None:
         """After the last step: a last evaluation when the schedule did not just make one
-        (not for an interrupted run, which stops at once), and a checkpoint."""
+        (not for an interrupted run, which stops at once), and a checkpoint. A signal that
+        arrives meanwhile makes the run interrupted: the test split is not scored."""
         if self.status == "done" and self.book.evaluated_at != self.step:
             self.evaluate_and_export(scheduled=False)
         if self.status != "nonfinite":
             self.save_checkpoint()
+        if self.status == "done" and received() is not None:
+            self.status, self.reason, self.signal = "interrupted", "signal", received()
 
     def result(self) -> RunResult:
-        return RunResult(self.status, self.step, self.book.saved_best, self.job.best_model,
-                         None, self.message, self.signal, self.book.last_checkpoint)
+        return RunResult(self.status, self.reason, self.step, self.book.saved_best,
+                         self.job.best_model, None, self.message, self.signal,
+                         self.book.last_checkpoint)
 
 
 def _one_device():

@@ -10,6 +10,7 @@ the command line passes its console (:class:`lstm_fn.cli.console.Console`).
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -77,3 +78,45 @@ class Reporter:
         """While the steps run: a callable that returns the number of a signal that asked
         the run to stop (SIGINT, SIGTERM), else None. The base class never stops."""
         yield lambda: None
+
+
+# How each event reads as a line of a run's log (the console and RUN_DIR/train.log).
+
+def duration(seconds: float) -> str:
+    """``3m07s`` below an hour, ``1h05m`` from one on."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_line(report: StepReport, total_steps: int | None, minutes: float | None) -> str:
+    """``step 120/1500 | loss 1.9012 | 21,304 chars/s | lr 2.00e-03 | ETA 4m10s``: the time
+    left is the sooner of the steps (at the pace so far) and the minutes; before the first
+    timed step there is no pace, nor a time left by steps."""
+    remaining = []
+    if total_steps and report.chars_per_sec is not None:
+        remaining.append((total_steps - report.step) * report.seconds / max(report.step, 1))
+    if minutes:
+        remaining.append(minutes * 60 - report.seconds)
+    eta = f" | ETA {duration(max(min(remaining), 0))}" if remaining else ""
+    of = f"/{total_steps}" if total_steps else ""
+    pace = "" if report.chars_per_sec is None else f" | {report.chars_per_sec:,.0f} chars/s"
+    return f"step {report.step}{of} | loss {report.loss:.4f}{pace} | lr {report.lr:.2e}{eta}"
+
+
+def evaluation_line(evaluation: Evaluation, scored_training_loss: bool,
+                    saved_to: str | None) -> str:
+    scored = "val (no validation split: the training loss)" if scored_training_loss else "val"
+    return (f"step {evaluation.step}: train {evaluation.train_loss:.4f}, {scored} "
+            f"{evaluation.val_loss:.4f} nats/char ({evaluation.val_bpc:.3f} bpc)"
+            + (f" *best, saved {saved_to}" if saved_to else ""))
+
+
+def sample_lines(step: int, text: str) -> str:
+    """A sample as the log shows it. Control characters other than newline and tab are
+    escapes (``\\x1b``): a corpus of terminal output would otherwise send escape sequences
+    to the terminal that shows the log (clearing it, moving the cursor), and a carriage
+    return would overwrite the line. ``lstm-fn sample`` writes them as they are."""
+    shown = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" and c not in "\n\t"
+                    else c for c in text)
+    return f"--- sample at step {step} ---\n{shown}\n---"

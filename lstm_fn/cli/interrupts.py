@@ -1,0 +1,64 @@
+"""Ctrl-C at any moment: the SIGINT handler of the command line.
+
+Python raises ``KeyboardInterrupt`` wherever the main thread is when the signal is handled.
+If that is inside a garbage-collector callback or a ``__del__`` method, Python prints
+"Exception ignored in: ..." with a traceback and carries on, so the interrupt is lost: JAX
+registers such a callback (``jax._src.lib._xla_gc_callback``, run at every collection),
+and during start-up, with its many collections, an interrupt landed there about half of the
+time, and the run went on to the end. This handler raises the interrupt only outside such
+frames; inside one it has the signal sent again a moment later, from another thread, and
+it is handled then, once the finalizer has returned.
+"""
+
+from __future__ import annotations
+
+import _thread
+import gc
+import signal
+import threading
+
+# How long a deferred interrupt waits before it is raised again (a gc callback takes
+# microseconds).
+RETRY_S = 0.01
+
+EXIT_CODE = 128 + signal.SIGINT  # 130, as a shell reports a process ended by Ctrl-C
+
+
+def install() -> None:
+    """Take over SIGINT, unless the process was started with it ignored (a background job
+    of a script): that stays as it is."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_interrupt)
+
+
+_deferred = threading.Event()  # an interrupt waits to be raised again
+
+
+def on_interrupt(signum, frame) -> None:
+    if _inside_finalizer(frame):
+        # Not from here: a signal asked for in the handler is handled at once, still inside.
+        if not _deferred.is_set():
+            _deferred.set()
+            timer = threading.Timer(RETRY_S, _raise_again, (signum,))
+            timer.daemon = True  # never keeps a process that is ending
+            timer.start()
+        return
+    _deferred.clear()
+    raise KeyboardInterrupt
+
+
+def _raise_again(signum: int) -> None:
+    if _deferred.is_set():
+        _deferred.clear()  # it may land in a finalizer again, and be deferred again
+        _thread.interrupt_main(signum)
+
+
+def _inside_finalizer(frame) -> bool:
+    """Whether ``frame`` runs (or is called by) a garbage-collector callback or a
+    ``__del__`` method, where an exception would be printed and dropped."""
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
