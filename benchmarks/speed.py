@@ -94,7 +94,8 @@ def make_jax_train(cell, hidden, gradients, precision="float32"):
     ids = jax.random.randint(jax.random.key(1), (2, B, T), 0, V, jnp.int32)
     reset = jnp.asarray(False)
     t0 = time.perf_counter()
-    compiled = make_train_step(cfg, tcfg, None).lower(state, ids[0], ids[1], reset).compile()
+    lr = jnp.float32(tcfg.learning_rate)
+    compiled = make_train_step(cfg, tcfg).lower(state, ids[0], ids[1], reset, lr).compile()
     compile_s = time.perf_counter() - t0
     memory = compiled.memory_analysis()
     box = [state]
@@ -102,7 +103,7 @@ def make_jax_train(cell, hidden, gradients, precision="float32"):
     def run(n):
         t0 = time.perf_counter()
         for _ in range(n):
-            box[0], metrics = compiled(box[0], ids[0], ids[1], reset)
+            box[0], metrics = compiled(box[0], ids[0], ids[1], reset, lr)
         jax.block_until_ready(metrics["loss"])
         return time.perf_counter() - t0
 

@@ -26,9 +26,11 @@ from reference_numpy import spec
 from reference_numpy.jsontext import utf8_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "exponential", "plateau")
+SCHEDULES = ("constant", "cosine", "linear", "wsd", "exponential", "plateau")
 GRADIENTS = ("autodiff", "manual")
-STOPPING_RULES = ("steps", "epochs", "minutes")
+STOPPING_RULES = ("steps", "epochs", "chars", "minutes")
+# "auto": bfloat16 where this machine runs it faster (see lstm_fn.training.hardware).
+PRECISIONS = ("auto", *spec.MATMUL_PRECISIONS)
 # The samples printed during training are generated whole, while the run waits.
 MAX_SAMPLE_LENGTH = 100_000
 # The model fields a config may set, with their types; vocab_size comes from the text.
@@ -81,25 +83,31 @@ def _freeze(parts) -> str | None:
 class TrainConfig:
     """Everything about a training run except the architecture.
 
-    Stop after ``steps`` updates, ``epochs`` passes over the training split or ``minutes`` of
-    wall-clock time, whichever comes first (at least one is needed); ``patience`` evaluations
-    without a better validation loss stop early. One step trains on ``batch_size`` parallel
-    streams of ``seq_len`` characters. Schedules: ``constant``; ``cosine`` (linear warmup,
-    then cosine down to ``min_lr_ratio`` of the rate at the last step); ``exponential``
-    (``decay_rate ** (step / decay_steps)``, smooth); ``plateau`` (times ``plateau_factor`` after
-    ``plateau_patience`` evaluations without improvement). Each evaluation during training
+    Stop after ``steps`` updates, ``epochs`` passes over the training split, ``chars``
+    training characters (``batch_size * seq_len`` a step) or ``minutes`` of training (all
+    processes of a resumed run together), whichever comes first (at least one is needed);
+    ``patience`` evaluations without a better validation loss stop early. One step trains
+    on ``batch_size`` parallel streams of ``seq_len`` characters. Schedules (after a linear
+    warmup): ``constant``; ``cosine`` and ``linear`` (down to ``min_lr_ratio`` of the rate at
+    the last step); ``wsd`` (the full rate, then linearly down over the last
+    ``decay_fraction`` of the run); ``exponential`` (``decay_rate ** (step / decay_steps)``);
+    ``plateau`` (times ``plateau_factor`` after ``plateau_patience`` evaluations without
+    improvement). A decaying schedule bounded by ``minutes`` plans its length from the
+    measured pace (:mod:`lstm_fn.training.schedule`). Each evaluation during training
     scores at most ``eval_chars`` characters of the validation split, spread over it (0: all
     of it), so a big corpus does not spend its time evaluating. ``gradients``: ``manual`` (the
     hand-written BPTT of :mod:`lstm_fn.nn.bptt`) or ``autodiff`` (``jax.grad`` of the plain
     scan); both give the same gradients. ``matmul_precision``: ``float32``, or ``bfloat16``
     operands with float32 sums for every matmul of the training step (params, optimizer and
-    evaluation stay float32). Each field's allowed values are in :data:`RULES`.
+    evaluation stay float32), or ``auto``: bfloat16 where the machine runs it faster, decided
+    when the run starts and recorded. Each field's allowed values are in :data:`RULES`.
     """
 
     batch_size: int = 32
     seq_len: int = 128
     steps: int | None = None
     epochs: float | None = None
+    chars: int | None = None
     minutes: float | None = None
     optimizer: str = "adam"
     learning_rate: float = 2e-3
@@ -109,6 +117,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
     decay_rate: float = 0.97
     decay_steps: int = 1000
     plateau_factor: float = 0.5
@@ -140,16 +149,16 @@ class TrainConfig:
                 raise ConfigError(problem, f"train.{name}")
         object.__setattr__(self, "freeze", tuple(  # "01" and "1" name the same layer
             p if p in ("embed", "head") else str(int(p)) for p in self.freeze))
-        if self.steps is None and self.epochs is None and self.minutes is None:
-            raise ConfigError("train needs a stopping rule: set steps, epochs or minutes")
+        if all(getattr(self, rule) is None for rule in STOPPING_RULES):
+            raise ConfigError("train needs a stopping rule: set steps, epochs, chars or minutes")
 
 
 # What each TrainConfig field allows (its type is checked first); None is always allowed
 # where the type admits it.
 RULES: dict[str, Callable] = {
     **dict.fromkeys(("batch_size", "seq_len", "decay_steps", "plateau_patience", "eval_every",
-                     "checkpoint_every", "keep_checkpoints", "steps", "epochs", "minutes",
-                     "patience"), _positive),
+                     "checkpoint_every", "keep_checkpoints", "steps", "epochs", "chars",
+                     "minutes", "patience"), _positive),
     **dict.fromkeys(("warmup_steps", "eval_chars", "sample_every"), _non_negative),
     "sample_length": _sample_length,
     "learning_rate": _interval(0, 10, low_open=True),
@@ -157,6 +166,7 @@ RULES: dict[str, Callable] = {
     "momentum": _interval(0, 1, high_open=True),
     "grad_clip": _interval(0, math.inf),
     "min_lr_ratio": _interval(0, 1),
+    "decay_fraction": _interval(0, 1, low_open=True),
     "decay_rate": _interval(0, 1, low_open=True),
     "plateau_factor": _interval(0, 1, low_open=True, high_open=True),
     "val_fraction": _interval(0, 0.5),
@@ -165,7 +175,7 @@ RULES: dict[str, Callable] = {
     "schedule": _one_of(*SCHEDULES),
     "vocab": _one_of(*spec.ENCODINGS),
     "gradients": _one_of(*GRADIENTS),
-    "matmul_precision": _one_of(*spec.MATMUL_PRECISIONS),
+    "matmul_precision": _one_of(*PRECISIONS),
     "freeze": _freeze,
     "seed": lambda value: None if 0 <= value < 2**32 else f"must be in [0, 2**32), got {value}",
 }
@@ -348,6 +358,8 @@ def _resumed(record: dict, layers) -> RunConfig:
             if key in STOPPING_RULES:
                 train[key], sources[f"train.{key}"] = value, source
                 continue
+            if key == "matmul_precision" and value == "auto":
+                continue  # the run recorded what "auto" meant when it started
             value = getattr(dataclasses.replace(recorded, **{key: value}), key)  # as stored
             if value != getattr(recorded, key):
                 raise ConfigError(f"is {_shown(getattr(recorded, key))} in the run, "

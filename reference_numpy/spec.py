@@ -25,6 +25,11 @@ GATES: dict[str, tuple[str, ...]] = {
 }
 CELLS = tuple(GATES)
 
+# The gates that are sigmoids, in [0, 1] (the others, g and n, are tanh): how often these
+# saturate is what `lstm-fn inspect` shows.
+SIGMOID_GATES: dict[str, tuple[str, ...]] = {"rnn": (), "lstm": ("i", "f", "o"),
+                                             "gru": ("r", "z")}
+
 # Names of the parts of each layer's carry, in order: the JAX carry and the numpy carry
 # are tuples with exactly these entries, each [B, H].
 CARRY: dict[str, tuple[str, ...]] = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}

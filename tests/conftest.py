@@ -33,6 +33,14 @@ CELLS = spec.CELLS
 SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
+def lr(tcfg, step: int = 0):
+    """The learning rate a training step gets at ``step`` of a run of known length (the
+    loop computes it on the host; these tests call the step themselves)."""
+    from lstm_fn.training.schedule import fixed_plan, rate
+
+    return np.float32(rate(tcfg, fixed_plan(tcfg, tcfg.steps), step))
+
+
 def assert_close(a, b, atol=F32_ATOL, rtol=F32_RTOL):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                atol=atol, rtol=rtol)

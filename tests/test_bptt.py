@@ -17,7 +17,7 @@ from lstm_fn.training.state import TrainState
 from lstm_fn.training.step import make_train_step
 from reference_numpy import spec
 from reference_numpy.gradcheck import relative_error
-from conftest import CELLS
+from conftest import CELLS, lr
 
 # Both gradients are exact in float64 and differ only in the order of the same sums
 # (one T*B-row matmul vs T per-step products): measured <= 1e-14; a wrong term is >= 1e-3.
@@ -221,10 +221,10 @@ def test_manual_train_step_equals_autodiff():
     results = {}
     for gradients in ("autodiff", "manual"):
         tcfg = TrainConfig(batch_size=4, seq_len=16, steps=2, gradients=gradients)
-        step = make_train_step(cfg, tcfg, tcfg.steps)
+        step = make_train_step(cfg, tcfg)
         state = TrainState.fresh(jax.tree.map(jnp.asarray, params), cfg, tcfg)
         for reset in (True, False):  # the second step starts from the first one's carry
-            state, metrics = step(state, batch[0], batch[1], jnp.asarray(reset))
+            state, metrics = step(state, batch[0], batch[1], jnp.asarray(reset), lr(tcfg))
         results[gradients] = (state, metrics)
     (auto, auto_metrics), (manual, manual_metrics) = results["autodiff"], results["manual"]
     for a, b in zip(jax.tree.leaves(auto.params), jax.tree.leaves(manual.params)):
@@ -237,4 +237,4 @@ def test_manual_train_step_equals_autodiff():
     assert max(float(jnp.abs(a - b).max()) for a, b in
                zip(jax.tree.leaves(params), jax.tree.leaves(manual.params))) > 1e-3
     with pytest.raises(ValueError, match="reset must be one bool for all streams"):
-        step(state, batch[0], batch[1], jnp.ones(4, bool))  # traced again: no compile
+        step(state, batch[0], batch[1], jnp.ones(4, bool), lr(tcfg))  # traced again: no compile

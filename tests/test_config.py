@@ -44,7 +44,7 @@ def test_config_precedence_and_refusals(tmp_path):
                          ({"train": {"steps": 1, "dropout": 0.1}}, "train.dropout"),
                          ({"model": {"vocab_size": 3}}, "comes from the corpus"),
                          ({"train": {"steps": 1, "matmul_precision": "float16"}},
-                          "train.matmul_precision must be one of float32, bfloat16")]:
+                          "train.matmul_precision must be one of auto, float32, bfloat16")]:
         with pytest.raises(ConfigError, match=message):
             resolve("pretrain", {"model": {}, "train": {}, **bad}, {}, {})
     assert math.isclose(TrainConfig(steps=1, learning_rate=1).learning_rate, 1.0)

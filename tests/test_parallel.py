@@ -32,10 +32,10 @@ for gradients in ("manual",):  # the split wraps value_and_grad, whichever gradi
     tcfg = TrainConfig(batch_size=16, seq_len=20, steps=3, gradients=gradients)
     states, losses = {}, {}
     for name, mesh in (("one", None), ("split", batch_mesh(16))):
-        step = make_train_step(cfg, tcfg, 3, mesh)
+        step = make_train_step(cfg, tcfg, mesh)
         state = TrainState.fresh(jax.tree.map(jnp.copy, init), cfg, tcfg)  # donated
         for k, (x, y) in enumerate(batches):
-            state, metrics = step(state, x, y, jnp.asarray(k == 0))
+            state, metrics = step(state, x, y, jnp.asarray(k == 0), tcfg.learning_rate)
         states[name] = jax.tree.map(np.asarray, state)
         losses[name] = float(metrics["loss"])  # the mean over the whole batch
     one, split = (jax.tree.leaves(states[k]) for k in ("one", "split"))

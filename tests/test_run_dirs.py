@@ -14,13 +14,14 @@ from lstm_fn.runs.lock import RunDirLock
 
 
 def test_a_refused_option_leaves_the_run_directory_usable(tmp_path, short_corpus):
-    """Checks that need the model (a frozen layer it lacks, cosine without a length) come
-    before anything is written, and a run that wrote only its config can be started again."""
+    """Checks that need the model or the corpus (a frozen layer it lacks, a batch longer
+    than the text) come before anything is written, and a run that wrote only its config
+    can be started again."""
     run = ["--run-dir", tmp_path / "run", "--out", tmp_path / "m.json"]
     assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--freeze", "5", *run),
                    "--freeze names layer 5")
-    assert_refused(invoke("pretrain", short_corpus, *TINY, "--minutes", "1", "--schedule", "cosine",
-                          *run), "cosine")
+    assert_refused(invoke("pretrain", short_corpus, *TINY, "--steps", "2", "--batch-size",
+                          "1000", *run), "one batch needs")
     assert not (tmp_path / "run").exists()
     (tmp_path / "run").mkdir()
     record = {"corpus": None, "model": {}, "train": {}, "vocab": [], "encoding": "chars"}

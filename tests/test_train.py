@@ -12,11 +12,12 @@ import pytest
 import lstm_fn
 from lstm_fn.config import TrainConfig
 from lstm_fn.text.streams import train_batch
-from lstm_fn.training.optim import ValTracker, make_schedule
+from lstm_fn.training.optim import ValTracker
+from lstm_fn.training.schedule import check_schedule, fixed_plan, plan_budget, rate, replan
 from lstm_fn.training.evaluate import evaluate
 from lstm_fn.training.state import TrainState
 from lstm_fn.training.step import make_train_step
-from conftest import SHORT_TEXT, assert_close, assert_refused, invoke
+from conftest import SHORT_TEXT, assert_close, assert_refused, invoke, lr
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
 
@@ -57,22 +58,54 @@ def test_evaluate_with_a_limit_scores_the_start_of_each_stream(batch_size):
     assert abs(got - evaluate(params, CFG, split, batch_size, 16)) > 1e-4  # not the whole
 
 
+def schedule(total=None, **settings):
+    """``step -> rate`` of a run of ``total`` steps (None: a length not known)."""
+    tcfg = TrainConfig(**{"steps": 1, "learning_rate": 1.0, **settings})
+    plan = fixed_plan(tcfg, total)
+    return lambda step: rate(tcfg, plan, step)
+
+
 def test_schedules():
-    cosine = make_schedule(TrainConfig(steps=100, schedule="cosine", warmup_steps=10,
-                                       learning_rate=1.0, min_lr_ratio=0.1), 100)
-    assert [float(cosine(s)) for s in (0, 9, 10)] == pytest.approx([0.1, 1.0, 1.0])
-    assert float(cosine(99)) == pytest.approx(0.1)  # the last step of 100
-    assert 0.1 < float(cosine(98)) < float(cosine(50)) < 1.0
-    plain = make_schedule(TrainConfig(steps=10, schedule="cosine", learning_rate=1.0,
-                                      min_lr_ratio=0.1), 10)
-    assert [float(plain(s)) for s in (0, 9)] == pytest.approx([1.0, 0.1])  # no lr-0 step
-    exponential = make_schedule(TrainConfig(steps=1, schedule="exponential", learning_rate=1.0,
-                                            decay_rate=0.5, decay_steps=10), None)
-    assert float(exponential(20)) == pytest.approx(0.25)
-    warm = make_schedule(TrainConfig(steps=1, warmup_steps=4, learning_rate=2.0), None)
-    assert [float(warm(s)) for s in range(5)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
+    cosine = schedule(100, schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert [cosine(s) for s in (0, 9, 10)] == pytest.approx([0.1, 1.0, 1.0])
+    assert cosine(99) == pytest.approx(0.1)  # the last step of 100
+    assert 0.1 < cosine(98) < cosine(50) < 1.0
+    plain = schedule(10, schedule="cosine", min_lr_ratio=0.1)
+    assert [plain(s) for s in (0, 9)] == pytest.approx([1.0, 0.1])  # no lr-0 step
+    linear = schedule(11, schedule="linear", min_lr_ratio=0.0)
+    assert [linear(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    wsd = schedule(100, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1)
+    assert [wsd(s) for s in (0, 79, 80, 99)] == pytest.approx([1.0, 1.0, 1.0, 0.1])
+    assert wsd(90) == pytest.approx(1.0 - 0.9 * 10 / 19)
+    exponential = schedule(schedule="exponential", decay_rate=0.5, decay_steps=10)
+    assert exponential(20) == pytest.approx(0.25)
+    warm = schedule(warmup_steps=4, learning_rate=2.0)
+    assert [warm(s) for s in range(5)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
     with pytest.raises(ValueError, match="cosine"):
-        make_schedule(TrainConfig(minutes=1, schedule="cosine"), None)
+        check_schedule(TrainConfig(steps=1, schedule="cosine"), None)
+    check_schedule(TrainConfig(minutes=1, schedule="cosine"), None)  # planned from the pace
+
+
+def test_a_time_budget_plans_the_decay_from_the_pace():
+    wsd = TrainConfig(minutes=10, schedule="wsd", decay_fraction=0.25, learning_rate=1.0,
+                      min_lr_ratio=0.0)
+    assert plan_budget(wsd, 100, 449.0, 1.5, None, 99) is None  # the stable part runs on
+    plan = plan_budget(wsd, 100, 450.0, 1.5, None, 99)  # 150 s left: 100 steps fit
+    assert (plan.total_steps, plan.decay_from, plan.seconds_per_step) == (200, 100, 1.5)
+    assert [rate(wsd, plan, s) for s in (99, 100, 199)] == pytest.approx([1.0, 1.0, 0.0])
+    assert plan_budget(wsd, 100, 450.0, 1.5, 150, 99).total_steps == 150  # steps bind first
+    linear = TrainConfig(minutes=1, schedule="linear", warmup_steps=5)
+    assert plan_budget(linear, 10, 5.0, 0.5, None, 9) is None  # still measuring
+    assert plan_budget(linear, 21, 11.0, 0.5, None, 20).total_steps == 21 + 98
+    # A resume that raises the budget stretches what is left of the decay, from where it is.
+    raised = TrainConfig(minutes=15, schedule="wsd", decay_fraction=0.25, learning_rate=1.0,
+                         min_lr_ratio=0.0)
+    again = replan(raised, plan, 150, 525.0, None)
+    assert again.total_steps == 150 + 250 and again.decay_from == 150
+    assert again.from_rate == pytest.approx(rate(wsd, plan, 150))
+    assert rate(raised, again, 150) == pytest.approx(rate(wsd, plan, 150))
+    assert replan(raised, plan._replace(decay_from=160), 150, 525.0, None) is None  # anew
+    assert replan(wsd, plan, 150, 525.0, None) == plan  # the same budget: the same plan
 
 
 def test_plateau_and_patience():
@@ -94,14 +127,14 @@ def test_an_equal_loss_is_not_an_improvement():
     ("adam", "float32"), ("adamw", "float32"), ("sgd", "float32"), ("rmsprop", "float32"),
     ("adam", "bfloat16")])
 def test_each_optimizer_learns(optimizer, precision):
-    lr = {"sgd": 0.5, "rmsprop": 3e-3}.get(optimizer, 1e-2)
+    rate_ = {"sgd": 0.5, "rmsprop": 3e-3}.get(optimizer, 1e-2)
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=60, optimizer=optimizer,
-                       learning_rate=lr, weight_decay=0.01, matmul_precision=precision)
-    step = make_train_step(CFG, tcfg, 60)
+                       learning_rate=rate_, weight_decay=0.01, matmul_precision=precision)
+    step = make_train_step(CFG, tcfg)
     state = TrainState.fresh(lstm_fn.init(jax.random.key(1), CFG), CFG, tcfg)
     data, losses = ids(2000), []
     for position in range(60):
-        state, metrics = step(state, *train_batch(data, 4, 16, position))
+        state, metrics = step(state, *train_batch(data, 4, 16, position), lr(tcfg))
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, (optimizer, losses[::10])
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
@@ -119,7 +152,7 @@ def test_updates_follow_torch_optim(optimizer):
                        learning_rate=0.01, weight_decay=0.1, grad_clip=0.0)
     params = jax.tree.map(np.asarray, lstm_fn.init(jax.random.key(4), cfg))
     state = TrainState.fresh(jax.tree.map(jnp.asarray, params), cfg, tcfg)
-    step = make_train_step(cfg, tcfg, 3)
+    step = make_train_step(cfg, tcfg)
     net = ref.torch_module(cfg.architecture(), params)
     options = {"adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {}),
                "sgd": (torch.optim.SGD, {"momentum": 0.9}),
@@ -128,7 +161,7 @@ def test_updates_follow_torch_optim(optimizer):
     carry = None
     for position in range(3):
         inputs, targets, reset = train_batch(ids(), 4, 8, position)
-        state, _ = step(state, inputs, targets, reset)
+        state, _ = step(state, inputs, targets, reset, lr(tcfg))
         logits, carry = net(torch.from_numpy(inputs).long(), None if reset else carry)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
                                                  torch.from_numpy(targets).long().reshape(-1))
@@ -187,3 +220,57 @@ def test_a_score_gives_bits_and_perplexity():
     assert score.perplexity == pytest.approx(2.0)
     assert Score.of(1e6).perplexity == math.inf
     assert Score.of(699.0).perplexity == pytest.approx(math.exp(699.0))  # finite
+
+
+def test_a_resumed_budgeted_run_matches_an_uninterrupted_one(tmp_path):
+    """A wsd schedule bounded by 2 minutes, on a clock that moves one second a step: the
+    plan (decided at 90 s: 30 steps fit) and the weights of a run interrupted at step 100
+    and resumed equal the uninterrupted run's, bit for bit."""
+    import signal
+
+    from lstm_fn.training.loop import Training, train_loop
+    from lstm_fn.training.report import Reporter
+
+    class Ticking(Reporter):
+        """Time passes with the steps alone; asks to stop after step ``stop_at``."""
+
+        def __init__(self, stop_at=None):
+            self.now, self.stop_at, self.notes = 0.0, stop_at, []
+
+        def step(self, report):
+            self.now += 1.0
+            self.last = report.step
+
+        def note(self, text):
+            self.notes.append(text)
+
+        def stop_signals(self):
+            import contextlib
+
+            return contextlib.nullcontext(
+                lambda: signal.SIGINT if self.stop_at and self.last == self.stop_at else None)
+
+    vocab = lstm_fn.Vocab.from_symbols("abcdefghi")
+    tcfg = TrainConfig(batch_size=4, seq_len=16, minutes=2, schedule="wsd", decay_fraction=0.25,
+                       eval_every=40, checkpoint_every=1000, sample_every=0, learning_rate=0.01)
+    data, params = ids(4000), lstm_fn.init(jax.random.key(2), CFG)
+
+    def run(folder, reporter, resume=False):
+        job = Training(CFG, tcfg, vocab, data, data[:200], data[:0], None, folder / "ckpt",
+                       folder / "model.json", resume)
+        reporter.last = None
+        return train_loop(job, params, reporter, clock=lambda: reporter.now)
+
+    straight = Ticking()
+    whole = run(tmp_path / "a", straight)
+    assert (whole.status, whole.step, whole.reason) == ("done", 120, "minutes")
+    [note] = [n for n in straight.notes if n.startswith("schedule wsd")]
+    assert "2 minutes fit 120 steps" in note and "decays from step 90" in note
+    first = run(tmp_path / "b", Ticking(stop_at=100))
+    assert (first.status, first.step) == ("interrupted", 100)
+    second = run(tmp_path / "b", Ticking(), resume=True)
+    assert (second.status, second.step) == ("done", 120)
+    a, _, _ = lstm_fn.load_weights(tmp_path / "a" / "model.json")
+    b, _, _ = lstm_fn.load_weights(tmp_path / "b" / "model.json")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()

@@ -13,7 +13,7 @@ from lstm_fn.config import TrainConfig
 from lstm_fn.text.streams import train_batch
 from lstm_fn.training.state import TrainState
 from lstm_fn.training.step import make_train_step
-from conftest import assert_close
+from conftest import assert_close, lr
 
 CFG = lstm_fn.ModelConfig("lstm", vocab_size=9, embed_size=4, hidden_size=16, num_layers=2)
 
@@ -37,7 +37,7 @@ def test_dropout_draws_its_own_random_numbers():
     state = TrainState.fresh(jax.tree.map(jnp.copy, params), cfg, tcfg)
     state = state._replace(step=jnp.asarray(2, state.step.dtype))
     inputs, targets, _ = train_batch(ids(), 16, 32, 0)
-    _, metrics = make_train_step(cfg, tcfg, 5)(state, inputs, targets, True)
+    _, metrics = make_train_step(cfg, tcfg)(state, inputs, targets, True, lr(tcfg))
     masks = dropout_masks(jax.random.fold_in(stream_key(tcfg.seed, DROPOUT_STREAM), 2), cfg,
                           16, 32)
     expected, _ = lstm_fn.loss(params, cfg, inputs, targets, dropout_masks=masks)
@@ -59,9 +59,9 @@ def test_frozen_parts_do_not_move(optimizer, weight_decay, layer):
     assert tcfg.freeze == ("embed", "1")
     params = lstm_fn.init(jax.random.key(2), CFG)
     state = TrainState.fresh(jax.tree.map(jnp.copy, params), CFG, tcfg)
-    step = make_train_step(CFG, tcfg, 3)
+    step = make_train_step(CFG, tcfg)
     for position in range(3):
-        state, _ = step(state, *train_batch(ids(), 4, 16, position))
+        state, _ = step(state, *train_batch(ids(), 4, 16, position), lr(tcfg))
     after = state.params
     np.testing.assert_array_equal(after["embed"], params["embed"])
     for name, value in after["layers"][1].items():
@@ -76,21 +76,30 @@ def test_clipping_bounds_the_first_update():
                        learning_rate=1.0, grad_clip=1e-3)
     params = lstm_fn.init(jax.random.key(3), CFG)
     state = TrainState.fresh(jax.tree.map(jnp.copy, params), CFG, tcfg)
-    state, metrics = make_train_step(CFG, tcfg, 1)(state, *train_batch(ids(), 4, 16, 0))
+    state, metrics = make_train_step(CFG, tcfg)(state, *train_batch(ids(), 4, 16, 0), lr(tcfg))
     moved = tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     assert float(metrics["grad_norm"]) > 1e-3 and float(moved) == pytest.approx(1e-3, rel=1e-3)
 
 
-def test_the_step_uses_the_schedule_at_its_own_index():
-    """Warmup: the first update uses lr/W, not 2 lr/W (the schedule at the step's index)."""
+def test_each_step_gets_the_rate_of_its_own_index(tmp_path):
+    """Warmup: the first update uses lr/W, not 2 lr/W (the schedule at the step's index, as
+    the loop computes it on the host and the step applies it)."""
+    from lstm_fn.training.loop import Training, train_loop
+    from lstm_fn.training.report import Reporter
+
+    class Rates(Reporter):
+        rates = []
+
+        def step(self, report):
+            self.rates.append(report.lr)
+
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=5, optimizer="sgd", learning_rate=2.0,
-                       warmup_steps=4)
-    state = TrainState.fresh(lstm_fn.init(jax.random.key(3), CFG), CFG, tcfg)
-    step, rates = make_train_step(CFG, tcfg, 5), []
-    for i in range(5):
-        state, metrics = step(state, *train_batch(ids(), 4, 16, i))
-        rates.append(float(metrics["lr"]))
-    assert rates == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
+                       warmup_steps=4, sample_every=0)
+    data = ids(2000)
+    job = Training(CFG, tcfg, lstm_fn.Vocab.from_symbols("abcdefghi"), data, data[:100],
+                   data[:0], 5, tmp_path / "checkpoints", tmp_path / "model.json")
+    result = train_loop(job, lstm_fn.init(jax.random.key(3), CFG), Rates())
+    assert result.status == "done" and Rates.rates == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
 
 
 def test_freezing_a_layer_number_the_model_lacks_is_refused():
@@ -110,7 +119,7 @@ SMALL = lstm_fn.ModelConfig("rnn", vocab_size=9, embed_size=4, hidden_size=16, n
 def plain_step():
     """One compiled training step of SMALL (adam, batch 4, window 16) for the tests below."""
     tcfg = TrainConfig(batch_size=4, seq_len=16, steps=1)
-    return tcfg, make_train_step(SMALL, tcfg, 1)
+    return tcfg, make_train_step(SMALL, tcfg)
 
 
 def test_the_plateau_scale_multiplies_the_learning_rate_of_a_step(plain_step):
@@ -123,7 +132,7 @@ def test_the_plateau_scale_multiplies_the_learning_rate_of_a_step(plain_step):
     for scale in (1.0, 0.25):
         state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
         state = state._replace(lr_scale=jnp.asarray(scale, jnp.float32))
-        state, metrics = step(state, inputs, targets, jnp.asarray(reset))
+        state, metrics = step(state, inputs, targets, jnp.asarray(reset), lr(tcfg))
         rates.append(float(metrics["lr"]))
         moved.append(float(tree_norm(jax.tree.map(jnp.subtract, state.params, params))))
     assert rates == pytest.approx([tcfg.learning_rate, 0.25 * tcfg.learning_rate])
@@ -141,7 +150,7 @@ def test_reset_starts_every_stream_from_a_zero_carry(plain_step):
     for reset in (True, False):
         state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
         state = state._replace(carry=jax.tree.map(lambda c: jnp.full_like(c, 0.9), state.carry))
-        losses.append(float(step(state, inputs, targets, jnp.asarray(reset))[1]["loss"]))
+        losses.append(float(step(state, inputs, targets, jnp.asarray(reset), lr(tcfg))[1]["loss"]))
     assert_close(losses[0], fresh, atol=1e-5)
     assert abs(losses[1] - float(fresh)) > 1e-3
 
@@ -153,7 +162,8 @@ def test_a_non_finite_parameter_is_reported_even_when_the_loss_is_finite(plain_s
     params = lstm_fn.init(jax.random.key(3), SMALL)
     params["layers"][-1]["b_h"] = params["layers"][-1]["b_h"].at[0].set(jnp.inf)
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
-    _, metrics = step(TrainState.fresh(params, SMALL, tcfg), inputs, targets, jnp.asarray(reset))
+    _, metrics = step(TrainState.fresh(params, SMALL, tcfg), inputs, targets, jnp.asarray(reset),
+                      lr(tcfg))
     assert np.isfinite(float(metrics["loss"])) and not bool(metrics["params_finite"])
 
 
@@ -164,7 +174,7 @@ def test_a_bfloat16_training_step_rounds_its_matmul_operands():
     params = lstm_fn.init(jax.random.key(3), SMALL)
     inputs, targets, reset = train_batch(ids(), 4, 16, 0)
     state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
-    _, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
+    _, metrics = make_train_step(SMALL, tcfg)(state, inputs, targets, reset, lr(tcfg))
     rounded = float(lstm_fn.loss(params, SMALL, inputs, targets, precision="bfloat16")[0])
     full = float(lstm_fn.loss(params, SMALL, inputs, targets)[0])
     assert abs(rounded - full) > 1e-5  # else this test could not tell them apart
@@ -182,7 +192,7 @@ def test_frozen_parts_count_neither_in_the_gradient_norm_nor_in_its_clipping():
     trained = float(tree_norm({k: v for k, v in grads.items() if k != "head"}))
     assert float(tree_norm(grads["head"])) > 0.5 * trained  # freezing changes the norm
     state = TrainState.fresh(jax.tree.map(jnp.copy, params), SMALL, tcfg)
-    state, metrics = make_train_step(SMALL, tcfg, 1)(state, inputs, targets, reset)
+    state, metrics = make_train_step(SMALL, tcfg)(state, inputs, targets, reset, lr(tcfg))
     assert float(metrics["grad_norm"]) == pytest.approx(trained, rel=1e-4)
     moved = tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     assert float(moved) == pytest.approx(1e-3, rel=1e-3)

@@ -10,10 +10,10 @@ which exit code, is :mod:`lstm_fn.cli.errors`.
 def main():
     import sys
 
-    from lstm_fn.cli import interrupts
-
-    interrupts.install()
     try:
+        from lstm_fn.cli import interrupts
+
+        interrupts.install()
         from lstm_fn.cli.app import cli
         from lstm_fn.cli.setup import prepare_jax, prepare_process
 
@@ -21,4 +21,8 @@ def main():
         cli(prog_name="lstm-fn", obj=prepare_jax)
     except KeyboardInterrupt:  # Ctrl-C while starting up, before a command's own handling
         print("interrupted", file=sys.stderr)
-        sys.exit(interrupts.EXIT_CODE)
+        sys.exit(130)  # as a shell reports a process ended by Ctrl-C
+    except SystemExit as ending:
+        if ending.code == 130:
+            interrupts.leave(130)
+        raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from lstm_fn.cli.errors import App
+from lstm_fn.cli.compare import compare
 from lstm_fn.cli.model import evaluate_command, info, plot, sample
 from lstm_fn.cli.runs import runs
 from lstm_fn.cli.study import gradcheck, gradnorms
@@ -20,6 +21,7 @@ def cli(debug: bool):
     """Character-level RNN, LSTM and GRU language models in JAX."""
 
 
-for command in (pretrain, fine_tune, sample, evaluate_command, info, runs, plot, gradcheck,
+for command in (pretrain, fine_tune, sample, evaluate_command, info, runs, compare, plot,
+                gradcheck,
                 gradnorms):
     cli.add_command(command)

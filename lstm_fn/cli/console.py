@@ -119,12 +119,12 @@ class Console(Reporter):
     """The training loop's reporter on the command line: the log and the progress line on
     stderr, and Ctrl-C / SIGTERM / a closed log turned into a stop between steps."""
 
-    def __init__(self):
-        self.progress = None
+    def __init__(self, prefix: str = ""):
+        self.progress, self.prefix = None, prefix
 
     def note(self, text: str) -> None:
         self.finished()
-        log(text)
+        log(self.prefix + text)
 
     def started(self, step: int, total_steps: int | None, minutes: float | None) -> None:
         self.progress = Progress(total_steps, minutes)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import _thread
 import gc
+import os
 import signal
-import threading
+import sys
 
 # How long a deferred interrupt waits before it is raised again (a gc callback takes
 # microseconds).
@@ -31,14 +32,16 @@ def install() -> None:
         signal.signal(signal.SIGINT, on_interrupt)
 
 
-_deferred = threading.Event()  # an interrupt waits to be raised again
+_deferred = []  # holds True while an interrupt waits to be raised again
 
 
 def on_interrupt(signum, frame) -> None:
     if _inside_finalizer(frame):
         # Not from here: a signal asked for in the handler is handled at once, still inside.
-        if not _deferred.is_set():
-            _deferred.set()
+        if not _deferred:
+            import threading  # only now: nothing but built-in modules before the handler
+
+            _deferred.append(True)
             timer = threading.Timer(RETRY_S, _raise_again, (signum,))
             timer.daemon = True  # never keeps a process that is ending
             timer.start()
@@ -48,7 +51,7 @@ def on_interrupt(signum, frame) -> None:
 
 
 def _raise_again(signum: int) -> None:
-    if _deferred.is_set():
+    if _deferred:
         _deferred.clear()  # it may land in a finalizer again, and be deferred again
         _thread.interrupt_main(signum)
 
@@ -62,3 +65,15 @@ def _inside_finalizer(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def leave(code: int) -> None:
+    """End an interrupted process now, its output flushed, without Python's finalization:
+    an interrupt can leave JAX's runtime half set up, and tearing that down crashed the
+    process (a segmentation fault after "interrupted")."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

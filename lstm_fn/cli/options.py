@@ -37,17 +37,23 @@ TRAIN_HELP = {
     "seq_len": ("--seq-len", "Characters per window, the BPTT length (T)."),
     "steps": ("--steps", "Stop after this many updates in total."),
     "epochs": ("--epochs", "Stop after this many passes over the training split."),
-    "minutes": ("--minutes", "Stop after this much wall-clock time (this invocation)."),
+    "chars": ("--chars", "Stop after training on this many characters (--batch-size x "
+              "--seq-len a step)."),
+    "minutes": ("--minutes", "Stop after this many minutes of training (a resumed run's "
+                "earlier time counts); a decaying --schedule plans to end within them."),
     "optimizer": ("--optimizer", "adam, adamw, sgd (with momentum) or rmsprop."),
     "learning_rate": ("--lr", "Peak learning rate."),
     "weight_decay": ("--weight-decay", "Weight decay: decoupled with adamw, L2 (added to the "
                      "gradient, as torch.optim does) with the others."),
     "momentum": ("--momentum", "Momentum (sgd only)."),
     "grad_clip": ("--grad-clip", "Clip gradients to this global norm (0: off)."),
-    "schedule": ("--schedule", "constant, cosine (down to --min-lr-ratio at the last step; "
-                 "needs --steps or --epochs), exponential, plateau."),
+    "schedule": ("--schedule", "constant; cosine or linear (down to --min-lr-ratio at the last "
+                 "step); wsd (constant, then linearly down over the last --decay-fraction); "
+                 "exponential; plateau. The decaying ones need a limit."),
     "warmup_steps": ("--warmup-steps", "Linear warmup length, before any schedule."),
-    "min_lr_ratio": ("--min-lr-ratio", "cosine: final rate as a fraction of the peak."),
+    "min_lr_ratio": ("--min-lr-ratio", "cosine, linear, wsd: final rate as a fraction of the "
+                     "peak."),
+    "decay_fraction": ("--decay-fraction", "wsd: the share of the run spent decaying."),
     "decay_rate": ("--decay-rate", "exponential: factor per --decay-steps."),
     "decay_steps": ("--decay-steps", "exponential: steps per decay."),
     "plateau_factor": ("--plateau-factor", "plateau: factor when validation stalls."),
@@ -65,8 +71,9 @@ TRAIN_HELP = {
     "vocab": ("--vocab", "chars (distinct characters) or bytes (256 byte values)."),
     "gradients": ("--gradients", "autodiff (jax.grad) or manual (hand-written BPTT)."),
     "matmul_precision": ("--matmul-precision",
-                         "float32, or bfloat16 operands with float32 sums (faster on AMX CPUs "
-                         "and GPUs)."),
+                         "float32, bfloat16 (operands, with float32 sums: faster on CPUs with "
+                         "bfloat16 instructions and on GPUs), or auto (bfloat16 where this "
+                         "machine has them)."),
     "freeze": ("--freeze", "Keep a part fixed: embed, head or a layer number (repeatable)."),
     "seed": ("--seed", "Random seed (init, dropout, samples)."),
 }
@@ -114,12 +121,17 @@ def _train_options(command, defaults: dict):
         default = defaults.get(field.name, "none" if field.default is None else (
             "" if multiple else field.default))
         if field.name == "steps" and "steps" in defaults:
-            default = f"{default} when neither --epochs nor --minutes is given"
+            default = f"{default} when no other limit is given"
         command = click.option(
             flag, field.name, type=str if multiple else base, multiple=multiple,
             default=None, show_default=False,
             help=f"{text} [default: {default}]" if default != "" else text)(command)
     return command
+
+
+def train_options(defaults: dict):
+    """One option per TrainConfig field (see :func:`_train_options`)."""
+    return lambda command: _train_options(command, defaults)
 
 
 def run_options(command_name: str, shown: dict | None = None):

@@ -18,6 +18,7 @@ and gates) or :data:`lstm_fn.nn.generate.ONE_STEP` (a single step, for generatio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -39,9 +40,16 @@ class Forward(NamedTuple):
     traces: tuple  # per layer: None, or a dict of [T, B, H] arrays (see LayerPass.recur)
 
 
-def init(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
+def init(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32,
+         head_bias: jax.typing.ArrayLike | None = None) -> dict:
     """Fresh parameters: embedding ``N(0, 1)``, layers from :func:`lstm_fn.nn.cells.init_layer`,
-    head ``w`` uniform in ``±1/sqrt(H)`` and ``b`` zero."""
+    head ``w`` uniform in ``±1/sqrt(H)`` and ``b`` = ``head_bias`` ``[V]``, zero when None.
+
+    A training run passes :func:`log_frequencies` of its training split, so the untrained
+    model already predicts each character at its frequency: Adam moves a bias about one
+    learning rate per step, and from zero the head would need thousands of steps to reach
+    log frequencies ~10 nats apart, spending the recurrent units on it meanwhile
+    (``docs/results.md`` measures what this buys)."""
     k_embed, k_head, *k_layers = jax.random.split(key, 2 + cfg.num_layers)
     H = cfg.hidden_size
     layers = [
@@ -53,8 +61,16 @@ def init(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
         "embed": jax.random.normal(k_embed, (cfg.vocab_size, cfg.embed_size), dtype),
         "layers": layers,
         "head": {"w": jax.random.uniform(k_head, (H, cfg.vocab_size), dtype, -bound, bound),
-                 "b": jnp.zeros((cfg.vocab_size,), dtype)},
+                 "b": (jnp.zeros((cfg.vocab_size,), dtype) if head_bias is None
+                       else jnp.asarray(head_bias, dtype).reshape(cfg.vocab_size))},
     }
+
+
+def log_frequencies(ids: jax.typing.ArrayLike, vocab_size: int) -> np.ndarray:
+    """float32 ``[V]``: the log of each id's add-one smoothed frequency in ``ids``, the head
+    bias whose softmax is the unigram distribution."""
+    counts = np.bincount(np.asarray(ids).ravel(), minlength=vocab_size)[:vocab_size] + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
 
 
 def initial_state(cfg: ModelConfig, batch_size: int, dtype=jnp.float32) -> tuple:
@@ -189,7 +205,7 @@ def head(p: dict, top: jax.Array, precision: str = "float32") -> jax.Array:
 
 
 def forward(params: dict, cell: str, tokens: jax.typing.ArrayLike, carry: tuple | None = None,
-            layers: LayerPass = SCAN, *, dropout_masks: list[jax.Array] | None = None,
+            layers: LayerPass | Sequence[LayerPass] = SCAN, *, dropout_masks: list[jax.Array] | None = None,
             precision: str = "float32", table: jax.Array | None = None) -> Forward:
     """Walk the stack: input projection, each layer over time, dropout, head.
 
@@ -198,7 +214,8 @@ def forward(params: dict, cell: str, tokens: jax.typing.ArrayLike, carry: tuple 
       cell: ``"rnn"``, ``"lstm"`` or ``"gru"``; the shapes come from ``params``.
       tokens: int ``[B, T]``.
       carry: per-layer states, parts ``[B, H]`` (None: zeros; plain tuples are converted).
-      layers: how each layer runs over time (:class:`lstm_fn.nn.scan.LayerPass`).
+      layers: how each layer runs over time (:class:`lstm_fn.nn.scan.LayerPass`), or one
+        pass a layer.
       dropout_masks: optional list of ``[B, T, H]`` masks, one per layer, multiplying its
         output (training only).
       precision: of the matmuls' operands, ``"float32"`` or ``"bfloat16"``.
@@ -210,18 +227,21 @@ def forward(params: dict, cell: str, tokens: jax.typing.ArrayLike, carry: tuple 
     """
     tokens = checked_tokens(tokens, params["embed"].shape[0])
     carry = layer_states(cell, params, tokens.shape[0], carry)
+    passes = [layers] * len(params["layers"]) if isinstance(layers, LayerPass) else list(layers)
+    if len(passes) != len(params["layers"]):
+        raise ValueError(f"{len(passes)} layer passes for {len(params['layers'])} layers")
     first = params["layers"][0]
-    if table is None and layers.table and params["embed"].shape[0] <= tokens.size:
+    if table is None and passes[0].table and params["embed"].shape[0] <= tokens.size:
         table = input_table(params, precision)
     if table is not None:
         gxs = table[tokens.T]  # [T, B, G*H]
     else:
-        gxs = layers.project(params["embed"][tokens.T], first["w_x"], precision)
+        gxs = passes[0].project(params["embed"][tokens.T], first["w_x"], precision)
     new_carry, traces = [], []
-    for l, p in enumerate(params["layers"]):
+    for l, (p, layer) in enumerate(zip(params["layers"], passes)):
         if l > 0:
-            gxs = layers.project(xs, p["w_x"], precision)  # [T, B, G*H]
-        xs, layer_carry, trace = layers.recur(cell, p, gxs, carry[l], precision)  # [T, B, H]
+            gxs = layer.project(xs, p["w_x"], precision)  # [T, B, G*H]
+        xs, layer_carry, trace = layer.recur(cell, p, gxs, carry[l], precision)  # [T, B, H]
         if dropout_masks is not None:
             xs = xs * jnp.swapaxes(dropout_masks[l], 0, 1)
         new_carry.append(layer_carry)

@@ -64,3 +64,23 @@ def traced_recurrence(cell: str, p: dict, gxs: jax.Array, carry,
 
 SCAN = LayerPass(matmul, scan_recurrence)
 TRACED = LayerPass(matmul, traced_recurrence)
+
+
+def nudged(offsets: jax.Array) -> LayerPass:
+    """:data:`SCAN` with ``offsets [T, B, H]`` added to each step's ``h``, where it feeds
+    both the layer above and the next step: the gradient with respect to the offsets (at
+    zero) is the total ``dL/dh_t`` of that layer."""
+    def recur(cell: str, p: dict, gxs: jax.Array, carry, precision: str = "float32"):
+        step = get_cell(cell).step
+        w = {**p, "w_h": lowered(p["w_h"], precision)}
+
+        def body(carry, inputs):
+            gx, offset = inputs
+            carry, h = step(w, carry, gx + p["b_x"], precision)
+            h = h + offset
+            return carry._replace(h=h), h
+
+        carry, hs = lax.scan(body, carry, (gxs, offsets))
+        return hs, carry, None
+
+    return LayerPass(matmul, recur)

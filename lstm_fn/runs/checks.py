@@ -48,22 +48,26 @@ CHECKPOINT_OVERHEAD = 256 << 10
 
 
 def make_output_folders(out: Path, run_dir: Path) -> None:
-    """Create the folders of ``--out`` and the run directory, and check that files can be
-    written there (a real file: permission bits alone can mislead, as for root or on a
-    read-only mount)."""
+    """Create the folders of ``--out`` and the run directory; see :func:`writable_folder`."""
     for folder in (Path(os.path.realpath(out)).parent, run_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunError(f"cannot create the output folder {str(folder)!r}: "
-                           f"{error.strerror or error}") from None
-        if not os.access(folder, os.W_OK):
-            raise RunError(f"cannot write to {str(folder)!r}: permission denied")
-        try:
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as error:
-            raise RunError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
+        writable_folder(folder)
+
+
+def writable_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and check that files can be written there (a real
+    file: permission bits alone can mislead, as for root or on a read-only mount)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"cannot create the output folder {str(folder)!r}: "
+                       f"{error.strerror or error}") from None
+    if not os.access(folder, os.W_OK):
+        raise RunError(f"cannot write to {str(folder)!r}: permission denied")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise RunError(f"cannot write to {str(folder)!r}: {error.strerror or error}") from None
 
 
 def check_output_room(run_dir: Path, cfg: ModelConfig, keep_checkpoints: int) -> None:

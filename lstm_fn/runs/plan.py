@@ -25,7 +25,8 @@ from lstm_fn.text.corpus import DATA_DIR, Corpus, corpus_location, load_corpus
 from lstm_fn.text.streams import check_batch_fits, split, windows_per_epoch
 from lstm_fn.text.vocab import Vocab
 from lstm_fn.training import checkpoint
-from lstm_fn.training.optim import make_schedule
+from lstm_fn.training.hardware import resolved_precision
+from lstm_fn.training.schedule import check_schedule
 from lstm_fn.training.state import check_freeze
 from lstm_fn.weights import load_weights
 
@@ -97,9 +98,9 @@ def plan_run(request: RunRequest) -> RunPlan:
                  resume.resumed_corpus(request.corpus, request.data_dir, record))
     out, out_note, base_path = _settle_paths(request, record, corpus_at)
     base = load_weights(base_path) if base_path is not None else None
-    config = resolve(request.command, request.config_file, request.given_model,
-                     request.given_train, record=record,
-                     base=None if base is None or record else BaseModel(base[1], base[2].encoding))
+    config = _with_precision(resolve(
+        request.command, request.config_file, request.given_model, request.given_train,
+        record=record, base=None if base is None or record else BaseModel(base[1], base[2].encoding)))
     corpus = load_corpus(corpus_at if record else request.corpus, data_dir=request.data_dir,
                          encoding=config.train.vocab, remedy=(
                              "fine-tune a model trained with --vocab bytes"
@@ -112,7 +113,7 @@ def plan_run(request: RunRequest) -> RunPlan:
     cfg = ModelConfig(**config.model, vocab_size=len(vocab))
     splits, total_steps = _splits(config.train, vocab.encode(corpus.content))
     check_freeze(config.train.freeze, cfg.num_layers)
-    make_schedule(config.train, total_steps)  # refuses a schedule without a known length
+    check_schedule(config.train, total_steps)
     checks.check_memory(cfg)
     return RunPlan(request, record, out, out_note, base_path, corpus, corpus_at, digest, config,
                    cfg, vocab, tuple(added), params, splits, total_steps)
@@ -220,6 +221,19 @@ def _vocab_and_params(config: RunConfig, record: dict | None, base: tuple | None
     return vocab, params, added
 
 
+def _with_precision(config: RunConfig) -> RunConfig:
+    """``matmul_precision`` "auto" resolved for this machine, so that the record holds what
+    the run uses (and a resume keeps it)."""
+    precision = config.train.matmul_precision
+    if precision != "auto":
+        return config
+    return dataclasses.replace(
+        config, train=dataclasses.replace(config.train,
+                                          matmul_precision=resolved_precision(precision)),
+        sources={**config.sources, "train.matmul_precision":
+                 f"{config.sources['train.matmul_precision']} (auto)"})
+
+
 def _splits(tcfg: TrainConfig, ids: np.ndarray) -> tuple[tuple, int | None]:
     """The train, validation and test ids, and the number of steps in all (None: no step
     limit); refuses a training split shorter than one batch."""
@@ -228,7 +242,9 @@ def _splits(tcfg: TrainConfig, ids: np.ndarray) -> tuple[tuple, int | None]:
     check_batch_fits(len(splits[0]), tcfg.batch_size, tcfg.seq_len, "train",
                      tcfg.val_fraction + tcfg.test_fraction)
     per_epoch = windows_per_epoch(len(splits[0]), tcfg.batch_size, tcfg.seq_len)
-    limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch)) if s]
+    limits = [s for s in (tcfg.steps, tcfg.epochs and math.ceil(tcfg.epochs * per_epoch),
+                          tcfg.chars and math.ceil(tcfg.chars / (tcfg.batch_size * tcfg.seq_len)))
+              if s]
     total_steps = min(limits) if limits else None
     if total_steps is not None and total_steps >= 2**31:
         raise ConfigError(f"{tcfg.epochs:g} is {total_steps:,} steps here; at most "

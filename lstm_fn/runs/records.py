@@ -105,7 +105,7 @@ def absolute(path: str | os.PathLike | None) -> str | None:
 def write_end(run_dir: Path, end: dict) -> None:
     """``end.json``: ``status`` ("finished" or "stopped"), ``reason`` ("steps", "minutes",
     "patience", "signal", "nonfinite"), ``step``, ``best_val``, ``test`` (the test split's
-    nats/char or None), ``ended_at``."""
+    nats/char or None), ``seconds`` (of training), ``ended_at``."""
     atomic_write(Path(run_dir) / END, json.dumps(end, indent=1))
 
 

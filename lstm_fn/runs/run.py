@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import jax
 
-from lstm_fn.nn.model import init
+from lstm_fn.nn.model import init, log_frequencies
 from lstm_fn.runs import checks, records
 from lstm_fn.runs.lock import RunDirLock
 from lstm_fn.runs.plan import RunPlan, RunRequest, existing_run, plan_run
@@ -78,9 +78,11 @@ def _train(plan: RunPlan, lock: RunDirLock, recorder: Recorder) -> RunEnd:
     # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
     records.write_record(run_dir / records.CONFIG, record_of(plan))
     report_start(plan, recorder)
-    params = plan.params if plan.params is not None else init(jax.random.key(plan.tcfg.seed),
-                                                                plan.cfg)
     train_ids, val_ids, test_ids = plan.splits
+    params = plan.params
+    if params is None:
+        params = init(jax.random.key(plan.tcfg.seed), plan.cfg,
+                      head_bias=log_frequencies(train_ids, plan.cfg.vocab_size))
     provenance = {"run_dir": str(run_dir.resolve()), "corpus_sha256": plan.digest,
                   "command": plan.request.command_line or plan.request.command}
     job = Training(plan.cfg, plan.tcfg, plan.vocab, train_ids, val_ids, test_ids,
@@ -110,7 +112,7 @@ def end_of(result: RunResult) -> dict:
     return {"status": "finished" if result.reason in ("steps", "minutes") else "stopped",
             "reason": result.reason, "step": result.step, "best_val": result.best_val,
             "test": None if result.test is None else result.test.loss,
-            "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "seconds": round(result.seconds, 2), "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def closing_lines(result: RunResult, plan: RunPlan, plot: Path | None) -> list[str]:

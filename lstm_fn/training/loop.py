@@ -28,7 +28,9 @@ from lstm_fn.training import checkpoint
 from lstm_fn.training.evaluate import Score, score
 from lstm_fn.training.optim import ValTracker
 from lstm_fn.training.parallel import batch_mesh
-from lstm_fn.training.report import Evaluation, Reporter, StepReport
+from lstm_fn.training.report import Evaluation, Reporter, StepReport, duration
+from lstm_fn.training.schedule import (MEASURED_STEPS, Plan, fixed_plan, plan_budget, planned,
+                                       rate, replan)
 from lstm_fn.training.state import SAMPLE_STREAM, TrainState, stream_key
 from lstm_fn.training.step import make_train_step, state_layout
 from lstm_fn.weights import load_weights, save_weights
@@ -72,6 +74,7 @@ class RunResult:
     message: str = ""
     signal: int | None = None
     last_checkpoint: int | None = None
+    seconds: float = 0.0  # of training in all, earlier processes of a resumed run included
 
 
 @dataclasses.dataclass
@@ -82,8 +85,9 @@ class LoopState:
     the validation loss of the exported model (any evaluation, scheduled or not);
     ``evaluated_at``: the step of the last evaluation; ``losses``: training losses since the
     last scheduled evaluation; ``seconds_before``: training time of earlier processes;
-    ``last_checkpoint``: the step of the newest checkpoint. ``timed`` (update steps and
-    their seconds since the last evaluation) is this process's alone.
+    ``last_checkpoint``: the step of the newest checkpoint; ``plan``: the schedule's length
+    and decay, once decided. ``timed`` (update steps and their seconds since the last
+    evaluation) is this process's alone.
     """
 
     tracker: ValTracker
@@ -92,13 +96,14 @@ class LoopState:
     losses: list = dataclasses.field(default_factory=list)
     seconds_before: float = 0.0
     last_checkpoint: int | None = None
+    plan: Plan | None = None
     timed: list = dataclasses.field(default_factory=lambda: [0, 0.0])
 
     def to_meta(self, step: int, seconds: float) -> dict:
         """The ``meta`` of a checkpoint at ``step`` after ``seconds`` of training in all."""
         return {"tracker": self.tracker.as_dict(), "saved_best": self.saved_best,
                 "evaluated_at": self.evaluated_at, "position": step, "losses": self.losses,
-                "seconds": seconds}
+                "seconds": seconds, "plan": None if self.plan is None else self.plan.as_meta()}
 
     @classmethod
     def from_meta(cls, meta: dict, tcfg: TrainConfig, step: int) -> LoopState:
@@ -108,7 +113,8 @@ class LoopState:
         losses = meta.get("losses", [])
         return cls(tracker, saved_best=meta.get("saved_best", tracker.best),
                    evaluated_at=meta.get("evaluated_at", None if losses else step),
-                   losses=losses, seconds_before=meta["seconds"], last_checkpoint=step)
+                   losses=losses, seconds_before=meta["seconds"], last_checkpoint=step,
+                   plan=Plan.from_meta(meta.get("plan")))
 
 
 def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
@@ -121,8 +127,9 @@ def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
     reporter, clock = reporter or Reporter(), clock or time.monotonic
     with checkpoint.open_manager(job.checkpoints, keep=job.tcfg.keep_checkpoints) as manager:
         loop = _Loop(job, manager, reporter, clock)
-        loop.restore_or_start(TrainState.fresh(jax.tree.map(jax.numpy.asarray, params),
-                                               job.cfg, job.tcfg))
+        # copies: the step donates the state's buffers, which must not be the caller's
+        loop.restore_or_start(TrainState.fresh(
+            jax.tree.map(lambda a: jax.numpy.array(a, copy=True), params), job.cfg, job.tcfg))
         with reporter.stop_signals() as received:
             loop.run(received)
             loop.finish(received)
@@ -159,7 +166,7 @@ class _Loop:
         self.book = LoopState(ValTracker(job.tcfg))
         self.status, self.message, self.signal, self.last_lr = "done", "", None, 0.0
         self.reason = "steps"
-        self.started, self.step_timed = clock(), False
+        self.started, self.step_timed, self.pace_from = clock(), False, None
 
     @property
     def step(self) -> int:
@@ -178,11 +185,19 @@ class _Loop:
         mesh = batch_mesh(job.tcfg.batch_size)
         if mesh is not None:
             self.reporter.note(f"batch of {job.tcfg.batch_size} split over {mesh.size} devices")
-        self.train_step = make_train_step(job.cfg, job.tcfg, job.total_steps, mesh)
+        self.train_step = make_train_step(job.cfg, job.tcfg, mesh)
         # Committed to its devices from the first step: jit compiles again when an argument
         # changes from uncommitted to committed, as the step's outputs and lr_scale do.
         self.state = jax.device_put(state, _one_device() if mesh is None else state_layout(mesh))
-        self.reporter.started(self.step, job.total_steps, job.tcfg.minutes)
+        self.book.plan = (fixed_plan(job.tcfg, job.total_steps) if self.book.plan is None
+                          else replan(job.tcfg, self.book.plan, self.step, self.seconds(),
+                                      job.total_steps))
+        self.reporter.started(self.step, self.total_steps(), job.tcfg.minutes)
+
+    def total_steps(self) -> int | None:
+        """Where the run ends, in steps, when that is known: its step limit, or the end its
+        time budget's plan chose."""
+        return self.job.total_steps if self.book.plan is None else self.book.plan.total_steps
 
     def _restored(self, fresh: TrainState) -> TrainState:
         # Restored onto one device whatever layout it was saved from, then laid out for this
@@ -209,6 +224,7 @@ class _Loop:
                 self.show_sample()
             if self.step % tcfg.checkpoint_every == 0:
                 self.save_checkpoint()
+            self.plan_schedule()
         self.reason = reason
         if reason == "signal":
             self.status, self.signal = "interrupted", received()
@@ -219,9 +235,11 @@ class _Loop:
         if self.book.tracker.out_of_patience:  # also a resumed run that had stopped early
             self.reporter.note(f"no improvement in {tcfg.patience} evaluations: stopping early")
             return "patience"
-        if self.job.total_steps is not None and self.step >= self.job.total_steps:
-            return "steps"
-        if tcfg.minutes is not None and self.clock() - self.started >= tcfg.minutes * 60:
+        end = self.total_steps()
+        if end is not None and self.step >= end:
+            planned = self.book.plan is not None and self.book.plan.minutes is not None
+            return "minutes" if planned and end != self.job.total_steps else "steps"
+        if tcfg.minutes is not None and self.seconds() >= tcfg.minutes * 60:
             self.reporter.note(f"time budget of {tcfg.minutes} minutes reached")
             return "minutes"
         if received() is not None:
@@ -234,7 +252,8 @@ class _Loop:
         inputs, targets, reset = train_batch(self.job.train_ids, tcfg.batch_size, tcfg.seq_len,
                                              self.step)
         began = self.clock()
-        self.state, metrics = self.train_step(self.state, inputs, targets, reset)
+        lr = np.float32(rate(tcfg, self.book.plan, self.step))
+        self.state, metrics = self.train_step(self.state, inputs, targets, reset, lr)
         loss, self.last_lr = float(metrics["loss"]), float(metrics["lr"])  # waits for the step
         if not math.isfinite(loss) or not bool(metrics["params_finite"]):
             self.stop_nonfinite(f"loss became {loss}" if not math.isfinite(loss)
@@ -243,9 +262,9 @@ class _Loop:
         self.book.losses.append(loss)
         self._time_step(began)
         timed_steps, timed_seconds = self.book.timed
-        rate = (tcfg.batch_size * tcfg.seq_len * timed_steps / max(timed_seconds, 1e-9)
+        pace = (tcfg.batch_size * tcfg.seq_len * timed_steps / max(timed_seconds, 1e-9)
                 if timed_steps else None)
-        self.reporter.step(StepReport(self.step, loss, rate, self.last_lr, self.seconds()))
+        self.reporter.step(StepReport(self.step, loss, pace, self.last_lr, self.seconds()))
         return True
 
     def _time_step(self, began: float) -> None:
@@ -258,6 +277,30 @@ class _Loop:
             self.step_timed = True
             self.reporter.note(f"first step (compilation included): "
                                f"{self.clock() - self.started:.1f} s")
+
+    def plan_schedule(self) -> None:
+        """Once it is time: fix the length of a decaying schedule that a time budget bounds,
+        from the pace of this process's steps since its first (evaluations, checkpoints and
+        samples included), and say what was planned; and for a run of known length, say once
+        how long it should take."""
+        job, book = self.job, self.book
+        if self.pace_from is None:  # the first step of a process compiles: measured from here
+            self.pace_from = (self.step, self.clock())
+        if self.step <= self.pace_from[0]:
+            return
+        timed = self.step - self.pace_from[0]
+        per_step = (self.clock() - self.pace_from[1]) / timed
+        if job.tcfg.minutes is not None and (book.plan is None
+                                             or book.plan.seconds_per_step is None):
+            plan = plan_budget(job.tcfg, self.step, self.seconds(), per_step, job.total_steps,
+                               timed)
+            if plan is not None and (book.plan is None or (
+                    plan.total_steps < book.plan.total_steps and self.step < book.plan.decay_from)):
+                book.plan = plan  # the budget ends the run before its step limit
+                self.reporter.note(planned(job.tcfg, plan))
+        if timed == MEASURED_STEPS and (end := self.total_steps()) is not None:
+            self.reporter.note(f"at the pace of the last {timed} steps, the {end - self.step:,} "
+                               f"steps left take about {duration(per_step * (end - self.step))}")
 
     def evaluate_and_export(self, scheduled: bool = True) -> bool:
         """Evaluate, report, and export the model when it beats the exported one; False
@@ -366,7 +409,7 @@ class _Loop:
     def result(self) -> RunResult:
         return RunResult(self.status, self.reason, self.step, self.book.saved_best,
                          self.job.best_model, None, self.message, self.signal,
-                         self.book.last_checkpoint)
+                         self.book.last_checkpoint, self.seconds())
 
 
 def _one_device():

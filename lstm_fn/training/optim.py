@@ -1,17 +1,16 @@
-"""Optimizers and learning-rate schedules from a :class:`TrainConfig`, as optax pieces.
+"""Optimizers from a :class:`TrainConfig`, as optax pieces, and the validation bookkeeping.
 
 The optimizer is built without its learning rate: the training step multiplies its output
-by ``-schedule(step) * lr_scale``, where ``lr_scale`` lives in the training state so the
-reduce-on-plateau rule (decided on the host after each evaluation) resumes exactly.
+by ``-rate(step) * lr_scale`` (:mod:`lstm_fn.training.schedule`), where ``lr_scale`` lives
+in the training state so the reduce-on-plateau rule (decided on the host after each
+evaluation) resumes exactly.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import optax
 
 from lstm_fn.config import TrainConfig
-from lstm_fn.errors import ConfigError
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -37,31 +36,6 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     if cfg.grad_clip > 0:  # (the nesting is the checkpointed optimizer state's layout)
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), direction)
     return direction
-
-
-def make_schedule(cfg: TrainConfig, total_steps: int | None):
-    """``step -> learning rate`` (before the plateau scale), traceable under jit. Steps count
-    from 0; a warmup of W steps runs at ``(step + 1) / W`` of the rate, whatever the
-    schedule."""
-    lr = cfg.learning_rate
-    if cfg.schedule == "cosine":
-        if not total_steps:
-            raise ConfigError("schedule 'cosine' needs a known length: give --steps or --epochs "
-                              "(train.steps or train.epochs in a config)")
-        # Full rate at the first step after warmup, min_lr_ratio of it at the last step run.
-        span = max(total_steps - 1 - cfg.warmup_steps, 1)
-
-        def base(step):
-            progress = jnp.clip((step - cfg.warmup_steps) / span, 0.0, 1.0)
-            return lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio)
-                         * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-    elif cfg.schedule == "exponential":
-        base = optax.exponential_decay(lr, cfg.decay_steps, cfg.decay_rate)
-    else:  # constant and plateau: the plateau rule acts through lr_scale
-        base = optax.constant_schedule(lr)
-    if cfg.warmup_steps == 0:
-        return base
-    return lambda step: base(step) * jnp.minimum(1.0, (step + 1) / cfg.warmup_steps)
 
 
 class ValTracker:

@@ -13,22 +13,22 @@ from lstm_fn.nn.bptt import manual_loss
 from lstm_fn.nn.config import ModelConfig
 from lstm_fn.nn.model import dropout_masks, loss
 from lstm_fn.training import parallel
-from lstm_fn.training.optim import make_optimizer, make_schedule
+from lstm_fn.training.optim import make_optimizer
 from lstm_fn.training.state import (DROPOUT_STREAM, TrainState, reset_carry, stream_key,
                                     trainable_mask)
 
 
-def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None,
-                    mesh: Mesh | None = None):
-    """``step(state, inputs, targets, reset) -> (state, metrics)`` on a :class:`TrainState`,
-    jit-compiled, with the state's buffers donated (updated in place).
+def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, mesh: Mesh | None = None):
+    """``step(state, inputs, targets, reset, lr) -> (state, metrics)`` on a
+    :class:`TrainState`, jit-compiled, with the state's buffers donated (updated in place).
 
     One truncated-BPTT update: the carry from the previous window is the initial state
     (gradients stop at the window border; ``reset``, one bool for all streams, zeroes it
     first, as at the start of a pass over the data), the mean loss over ``[B, T]`` is
     differentiated, gradients of frozen tensors are zeroed, clipped by global norm, and the optimizer's
-    direction (zero for frozen tensors, weight decay included) is applied with
-    ``lr = schedule(step) * lr_scale``. ``metrics`` holds the loss, the (unclipped) gradient
+    direction (zero for frozen tensors, weight decay included) is applied with the rate
+    ``lr * lr_scale`` (``lr``, a float32 scalar, from :func:`lstm_fn.training.schedule.rate`
+    on the host). ``metrics`` holds the loss, the (unclipped) gradient
     norm, the learning rate and whether every updated parameter is finite
     (``params_finite``).
 
@@ -39,13 +39,12 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     ``targets`` are int32 ``[B, T]``, ``reset`` a bool scalar.
     """
     tx = make_optimizer(tcfg)
-    schedule = make_schedule(tcfg, total_steps)
     base_key = stream_key(tcfg.seed, DROPOUT_STREAM)
     value_and_grad = jax.value_and_grad(_loss_function(cfg, tcfg), has_aux=True)
     if mesh is not None:
         value_and_grad = parallel.split_batch(value_and_grad, mesh)
 
-    def step(state: TrainState, inputs, targets, reset):
+    def step(state: TrainState, inputs, targets, reset, lr):
         mask = trainable_mask(state.params, tcfg.freeze)
         masks = dropout_masks(jax.random.fold_in(base_key, state.step), cfg, *inputs.shape)
         (value, carry), grads = value_and_grad(
@@ -53,7 +52,7 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
         grads = jax.tree.map(jnp.multiply, grads, mask)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(jnp.multiply, updates, mask)  # adamw's decay is not a gradient
-        lr = schedule(state.step) * state.lr_scale
+        lr = lr * state.lr_scale
         params = jax.tree.map(lambda p, u: p - (lr * u).astype(p.dtype), state.params, updates)
         finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
         new_state = state._replace(params=params, opt_state=opt_state, carry=carry,
@@ -64,7 +63,8 @@ def make_train_step(cfg: ModelConfig, tcfg: TrainConfig, total_steps: int | None
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     one, batch = parallel.replicated(mesh), parallel.batch_split(mesh)
-    return jax.jit(step, donate_argnums=0, in_shardings=(state_layout(mesh), batch, batch, one),
+    return jax.jit(step, donate_argnums=0,
+                   in_shardings=(state_layout(mesh), batch, batch, one, one),
                    out_shardings=(state_layout(mesh), one))
 
 
