@@ -16,7 +16,7 @@ PACKAGE = ROOT / "lstm_fn"
 # Each part of lstm_fn and its layer: a module imports from lower layers and from its own
 # part only (nn and text, both layer 1, do not import each other).
 LAYERS = {"errors": 0, "nn": 1, "text": 1, "config": 2, "weights": 2, "sampling": 2,
-          "training": 3, "runs": 4, "cli": 5, "__main__": 6}
+          "inspect": 2, "training": 3, "runs": 4, "cli": 5, "__main__": 6}
 MAX_FUNCTION_LINES = 60
 
 

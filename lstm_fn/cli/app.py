@@ -7,6 +7,7 @@ import click
 
 from lstm_fn.cli.errors import App
 from lstm_fn.cli.compare import compare
+from lstm_fn.cli.inspect import inspect
 from lstm_fn.cli.model import evaluate_command, info, plot, sample
 from lstm_fn.cli.runs import runs
 from lstm_fn.cli.study import gradcheck, gradnorms
@@ -21,7 +22,6 @@ def cli(debug: bool):
     """Character-level RNN, LSTM and GRU language models in JAX."""
 
 
-for command in (pretrain, fine_tune, sample, evaluate_command, info, runs, compare, plot,
-                gradcheck,
-                gradnorms):
+for command in (pretrain, fine_tune, sample, evaluate_command, info, inspect, runs, compare,
+                plot, gradcheck, gradnorms):
     cli.add_command(command)
