@@ -166,7 +166,7 @@ def test_without_held_out_splits_the_training_loss_is_named_as_such(tmp_path, sh
     assert "splits 1,799/1/0" in result.stderr
     assert "the validation split is empty" in result.stderr
     assert "val (no validation split: the training loss)" in result.stderr
-    assert "test split: 0 character(s), nothing to score" in result.stderr
+    assert "no test split (test fraction 0)" in result.stderr
     [record] = metrics(tmp_path / "run")
     assert record["val_loss"] == record["train_loss"]
 

@@ -25,4 +25,8 @@ def main():
     except SystemExit as ending:
         if ending.code == 130:
             interrupts.leave(130)
+        if ending.code not in (0, None):
+            from lstm_fn.cli.setup import leave_cluster
+
+            leave_cluster(ending.code)
         raise

@@ -152,3 +152,13 @@ class Console(Reporter):
     def stop_signals(self):
         with Signals() as signals:
             yield lambda: signals.received
+
+
+class Follower(Reporter):
+    """The reporter of a process other than 0 in a run of several: it prints nothing
+    (process 0 speaks for the run) but hears Ctrl-C and SIGTERM, which stop every process."""
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        with Signals() as signals:
+            yield lambda: signals.received

@@ -20,6 +20,7 @@ OK = 0
 BUG = 1
 BAD_INPUT = 2
 NONFINITE = 3  # training stopped on a non-finite loss or parameter
+LOST_PROCESS = 4  # another process of a run of several is gone
 INTERRUPTED = EXIT_CODE  # 130, as a shell reports a process ended by Ctrl-C
 CLOSED_PIPE = 128 + signal.SIGPIPE  # 141
 

@@ -10,14 +10,34 @@ import click
 from lstm_fn.text.corpus import DATA_DIR
 
 
+# The options of a run of several processes, taken before the command starts (JAX joins the
+# other processes before anything else: lstm_fn.cli.setup.join_cluster).
+CLUSTER_OPTIONS = ("coordinator", "num_processes", "process_id")
+
+
+def cluster_options() -> list:
+    return [
+        click.option("--coordinator", metavar="HOST:PORT",
+                     help="A run of several processes (hosts): where process 0 listens; "
+                          "every process is given the same [env: LSTM_FN_COORDINATOR; "
+                          "SLURM and Open MPI jobs are detected]."),
+        click.option("--num-processes", type=click.IntRange(1),
+                     help="How many processes the run has [env: LSTM_FN_NUM_PROCESSES]."),
+        click.option("--process-id", type=click.IntRange(0),
+                     help="This process's number, 0 to --num-processes - 1; process 0 writes "
+                          "the run's files [env: LSTM_FN_PROCESS_ID]."),
+    ]
+
+
 class Command(click.Command):
     """A command that runs the set-up its entry point passes as ``obj`` (JAX's devices and
     compilation cache) just before it starts, so ``--help`` never imports JAX."""
 
     def invoke(self, ctx: click.Context):
+        cluster = {k: ctx.params.pop(k) for k in CLUSTER_OPTIONS if k in ctx.params}
         prepare = ctx.find_root().obj
         if callable(prepare):
-            prepare()
+            prepare(**cluster)
         return super().invoke(ctx)
 
 
@@ -154,6 +174,7 @@ def run_options(command_name: str, shown: dict | None = None):
             click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly."),
             click.option("--data-dir", type=UserPath(file_okay=False), default=DATA_DIR,
                          help="Where corpus names are looked up and fetched to."),
+            *cluster_options(),
         ]):
             command = option(command)
         return _train_options(command, {**defaults, **(shown or {})})

@@ -62,11 +62,12 @@ def run_command(command: str, *, corpus, config_path, run_dir, out, replace_out,
     """Run the training the options ask for, say how it ended, exit with its code."""
     import shlex
 
-    from lstm_fn.cli.console import Console
+    from lstm_fn.cli.console import Console, Follower
     from lstm_fn.config import MODEL_FIELDS, config_file, read_config_file
     from lstm_fn.errors import ConfigError, RunError
     from lstm_fn.runs.plan import RunRequest
     from lstm_fn.runs.run import run
+    from lstm_fn.training import cluster
 
     if out is not None and out.endswith(("/", os.sep)):
         raise errors.BadInput(f"--out {out!r} is a folder; give a file name")
@@ -86,7 +87,7 @@ def run_command(command: str, *, corpus, config_path, run_dir, out, replace_out,
         given_train, replace_out,
         shlex.join([*shlex.split(program), *click.get_current_context().meta["argv"]]), program)
     try:
-        end = run(request, Console())
+        end = run(request, Console() if cluster.primary() else Follower())
     except ConfigError as error:  # a setting typed on the command line is named as typed
         if error.key in typed:
             raise errors.BadInput(error.worded(flag(error.key))) from None
@@ -96,9 +97,31 @@ def run_command(command: str, *, corpus, config_path, run_dir, out, replace_out,
             continuing = request.resume_command(error.command)
             raise errors.BadInput(f"{error} with `{continuing}`") from None
         raise
+    except Exception as error:
+        if cluster.processes() > 1 and cluster.lost_contact(error):
+            lost_process(error, request)
+        raise
     for line in end.closing:
         click.echo(line, err=end.result.status != "done")
     sys.exit(_exit_code(end.result))
+
+
+def lost_process(error: Exception, request) -> None:
+    """End this process of a run of several when another one is gone (its collectives
+    fail): one line, the resume command, and an exit that skips JAX's shutdown, which
+    would wait for the lost process and then abort."""
+    from lstm_fn.training import cluster
+
+    others = cluster.processes() - 1
+    lost = (f"process {1 - cluster.index()}" if others == 1
+            else f"one of the other {others} processes")
+    text = str(error).strip().splitlines()
+    click.echo(f"Error: {lost} of the run is gone ({type(error).__name__}: "
+               f"{text[0][:200] if text else ''}); the last whole checkpoint is kept: "
+               f"continue with `{request.resume_command()}` on every process", err=True)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(errors.LOST_PROCESS)
 
 
 def _exit_code(result) -> int:

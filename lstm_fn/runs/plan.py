@@ -24,7 +24,7 @@ from lstm_fn.runs import checks, records, resume
 from lstm_fn.text.corpus import DATA_DIR, Corpus, corpus_location, load_corpus
 from lstm_fn.text.streams import check_batch_fits, split, windows_per_epoch
 from lstm_fn.text.vocab import Vocab
-from lstm_fn.training import checkpoint
+from lstm_fn.training import checkpoint, cluster
 from lstm_fn.training.hardware import resolved_precision
 from lstm_fn.training.schedule import check_schedule
 from lstm_fn.training.state import check_freeze
@@ -59,8 +59,12 @@ class RunRequest:
 
     def resume_command(self, command: str | None = None) -> str:
         """The command line that continues this run (with ``command``: another one's)."""
-        return (f"{self.program} {command or self.command} --resume --run-dir "
+        line = (f"{self.program} {command or self.command} --resume --run-dir "
                 f"{shlex.quote(str(self.run_dir))}")
+        if cluster.processes() > 1:  # each process with its own number
+            line += (f" --coordinator {cluster.COORDINATOR.get('address', 'HOST:PORT')} "
+                     f"--num-processes {cluster.processes()} --process-id I")
+        return line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,13 @@ from typing import NamedTuple
 
 import jax
 
+from lstm_fn.errors import LstmFnError, RunError
 from lstm_fn.nn.model import init, log_frequencies
 from lstm_fn.runs import checks, records
 from lstm_fn.runs.lock import RunDirLock
 from lstm_fn.runs.plan import RunPlan, RunRequest, existing_run, plan_run
 from lstm_fn.runs.recorder import Recorder
+from lstm_fn.training import cluster
 from lstm_fn.training.loop import RunResult, Training, train_loop
 from lstm_fn.training.report import Reporter
 
@@ -41,11 +43,51 @@ def run(request: RunRequest, reporter: Reporter | None = None) -> RunEnd:
     reporter = reporter or Reporter()
     lock = RunDirLock(request.run_dir)
     try:
-        if request.run_dir.is_dir():
+        if request.run_dir.is_dir() and cluster.primary():
             lock.acquire()  # a second process is refused before it reads anything
-        return start_run(plan_run(request), lock, reporter)
+        plan = planned_everywhere(request)
+        if not cluster.primary():
+            return follow_run(plan, reporter)
+        return start_run(plan, lock, reporter)
     finally:
         lock.release()
+
+
+def planned_everywhere(request: RunRequest) -> RunPlan:
+    """:func:`plan_run`; in a run of several processes, on each (all stop when one refuses,
+    that one saying why), and all must read the same corpus. Nothing is written before
+    every process has planned."""
+    if cluster.processes() == 1:
+        return plan_run(request)
+    try:
+        plan, error = plan_run(request), None
+    except LstmFnError as refused:
+        plan, error = None, refused
+    failed = cluster.failed(error is None)
+    if error is not None:
+        raise error
+    if failed:
+        raise RunError(f"process {failed[0]} refused the run (its own message says why)")
+    cluster.check_same_corpus(plan.digest)
+    return plan
+
+
+def follow_run(plan: RunPlan, reporter: Reporter) -> RunEnd:
+    """A process other than 0 of a run of several: it trains its part and writes nothing
+    but its part of the checkpoints (process 0 writes the rest)."""
+    share_run_dir(plan.request.run_dir)
+    return RunEnd(train_loop(*training_of(plan), reporter), [])
+
+
+def share_run_dir(run_dir: Path) -> None:
+    """Every process of a run must see the run directory process 0 writes: the checkpoints
+    are written into it by all of them."""
+    cluster.barrier("run directory written")
+    unseen = cluster.failed((run_dir / records.CONFIG).exists())
+    if unseen:
+        raise RunError(f"process {unseen[0]} does not see {str(run_dir / records.CONFIG)!r}, "
+                       "which process 0 wrote: every process of a run needs the run "
+                       "directory on a filesystem they share")
 
 
 def start_run(plan: RunPlan, lock: RunDirLock, reporter: Reporter) -> RunEnd:
@@ -77,7 +119,22 @@ def _train(plan: RunPlan, lock: RunDirLock, recorder: Recorder) -> RunEnd:
         recorder.copy_best(best)  # a new --out starts with the run's own best so far
     # Written again on a resume: a later plain --resume keeps its --out and stopping rules.
     records.write_record(run_dir / records.CONFIG, record_of(plan))
+    if cluster.processes() > 1:
+        share_run_dir(run_dir)
     report_start(plan, recorder)
+    result = train_loop(*training_of(plan), recorder)
+    plot = _plot(run_dir, recorder)
+    records.write_end(run_dir, end_of(result))
+    closing = closing_lines(result, plan, plot)
+    for line in closing:
+        recorder.to_log(line)
+    return RunEnd(result, closing)
+
+
+def training_of(plan: RunPlan) -> tuple[Training, dict]:
+    """What the loop trains, and the parameters it starts from (a fresh run's: drawn from
+    its seed, the head bias at the training split's character frequencies)."""
+    run_dir = plan.request.run_dir
     train_ids, val_ids, test_ids = plan.splits
     params = plan.params
     if params is None:
@@ -86,15 +143,9 @@ def _train(plan: RunPlan, lock: RunDirLock, recorder: Recorder) -> RunEnd:
     provenance = {"run_dir": str(run_dir.resolve()), "corpus_sha256": plan.digest,
                   "command": plan.request.command_line or plan.request.command}
     job = Training(plan.cfg, plan.tcfg, plan.vocab, train_ids, val_ids, test_ids,
-                   plan.total_steps, run_dir / "checkpoints", best, plan.request.resume,
-                   provenance)
-    result = train_loop(job, params, recorder)
-    plot = _plot(run_dir, recorder)
-    records.write_end(run_dir, end_of(result))
-    closing = closing_lines(result, plan, plot)
-    for line in closing:
-        recorder.to_log(line)
-    return RunEnd(result, closing)
+                   plan.total_steps, run_dir / "checkpoints", run_dir / records.BEST_MODEL,
+                   plan.request.resume, provenance)
+    return job, params
 
 
 def _plot(run_dir: Path, reporter: Reporter) -> Path | None:

@@ -51,8 +51,9 @@ def windows_per_epoch(n_ids: int, batch_size: int, seq_len: int) -> int:
 
 
 def train_batch(ids: np.ndarray, batch_size: int, seq_len: int, position: int,
-                ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """The training window at `position`, counted in windows since training began.
+                rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The training window at `position`, counted in windows since training began: of the
+    streams ``rows`` only (a process of a multi-host run builds its own).
 
     Row b is the stream ids[b*L : (b+1)*L + 1], L = (len(ids) - 1) // B, cut into windows of T
     (the last L % T positions of each row and the tail past B*L + 1 are not trained on). Window
@@ -69,8 +70,8 @@ def train_batch(ids: np.ndarray, batch_size: int, seq_len: int, position: int,
     window = position % windows_per_epoch(len(ids), batch_size, seq_len)
     columns = slice(window * seq_len, (window + 1) * seq_len)
     ids = np.asarray(ids)
-    inputs = ids[: batch_size * row_len].reshape(batch_size, row_len)[:, columns]
-    targets = ids[1: batch_size * row_len + 1].reshape(batch_size, row_len)[:, columns]
+    inputs = ids[: batch_size * row_len].reshape(batch_size, row_len)[rows, columns]
+    targets = ids[1: batch_size * row_len + 1].reshape(batch_size, row_len)[rows, columns]
     return inputs.astype(np.int32), targets.astype(np.int32), window == 0
 
 

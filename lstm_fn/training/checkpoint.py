@@ -39,6 +39,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from lstm_fn.errors import CheckpointError
+from lstm_fn.training import cluster
 
 FORMAT = 1  # bump when the layout of the `meta` item changes
 STEP_DIGITS = 8  # step dirs are `00000042`; every manager must agree (see `open_manager`)
@@ -116,7 +117,7 @@ def abstract_of(make: Callable[[], Any]):
     """The shapes and dtypes of the tree ``make()`` would build (nothing is computed), placed
     on one device: what :func:`restore` takes. A state restored so can then be laid out for
     any number of devices."""
-    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
                         jax.eval_shape(make))
 
@@ -177,8 +178,9 @@ def save(manager, step: int, state, meta: dict) -> None:
     step_dir = manager.directory / _NAME_FORMAT.build_name(step)
     if step in manager.all_steps():
         manager.delete(step)
-    elif step_dir.exists():  # on disk but not in the manager's cached step list
+    elif step_dir.exists() and cluster.primary():  # on disk, not in the manager's step list
         shutil.rmtree(step_dir)
+    cluster.barrier(f"checkpoint {step} cleared")
     latest = manager.latest_step()
     saved = manager.save(
         step,
@@ -189,7 +191,8 @@ def save(manager, step: int, state, meta: dict) -> None:
     if not saved:
         raise CheckpointError(f"orbax skipped saving step {step} in {manager.directory}"
                               " (is the manager read-only?)")
-    _fsync_tree(Path(step_dir))
+    if cluster.primary():
+        _fsync_tree(Path(step_dir))
 
 
 def restore(directory_or_manager, abstract_state, step: int | None = None) -> Restored | None:
@@ -283,7 +286,7 @@ def _restore_step(manager, abstract_state, step: int):
 def _host_array(leaf) -> np.ndarray:
     if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         leaf = jax.random.key_data(leaf)
-    return np.asarray(leaf)
+    return cluster.host_value(leaf)
 
 
 def _one_line(error: Exception) -> str:

@@ -24,7 +24,7 @@ from lstm_fn.nn.config import ModelConfig
 from lstm_fn.nn.generate import generate
 from lstm_fn.text.streams import train_batch
 from lstm_fn.text.vocab import Vocab
-from lstm_fn.training import checkpoint
+from lstm_fn.training import checkpoint, cluster
 from lstm_fn.training.evaluate import Score, score
 from lstm_fn.training.optim import ValTracker
 from lstm_fn.training.parallel import batch_mesh
@@ -37,6 +37,8 @@ from lstm_fn.weights import load_weights, save_weights
 
 # The temperature of the samples shown in the log during training.
 LOG_SAMPLE_TEMPERATURE = 0.8
+# Why a run stops (RunResult.reason), as the processes of a run tell each other by number.
+STOP_REASONS = ("steps", "minutes", "patience", "signal", "nonfinite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,7 @@ def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
             loop.finish(received)
     reporter.finished()
     result = loop.result()
-    if result.status == "done":
+    if result.status == "done" and cluster.primary():
         result.test = score_test_split(job, reporter)
     return result
 
@@ -144,6 +146,10 @@ def score_test_split(job: Training, reporter: Reporter) -> Score | None:
     """The exported best model's score on the test split (None where there is nothing to
     score: no such split, or no model)."""
     if not job.best_model.exists():
+        return None
+    if len(job.test_ids) < 2 and job.tcfg.test_fraction == 0:
+        reporter.note("no test split (test fraction 0): score a held-out text with "
+                      "`lstm-fn eval TEXT --from RUN_DIR`")
         return None
     if len(job.test_ids) < 2:
         reporter.note(f"test split: {len(job.test_ids)} character(s), nothing to score; raise "
@@ -182,10 +188,16 @@ class _Loop:
         state, job = fresh, self.job
         if job.resume:
             state = self._restored(fresh)
-        mesh = batch_mesh(job.tcfg.batch_size)
+        self.mesh = mesh = batch_mesh(job.tcfg.batch_size)
         if mesh is not None:
-            self.reporter.note(f"batch of {job.tcfg.batch_size} split over {mesh.size} devices")
+            across = (f" of {cluster.processes()} processes" if cluster.processes() > 1
+                      else "")
+            self.reporter.note(f"batch of {job.tcfg.batch_size} split over {mesh.size} "
+                               f"devices{across}")
+        self.rows = cluster.local_rows(mesh, job.tcfg.batch_size)
         self.train_step = make_train_step(job.cfg, job.tcfg, mesh)
+        if cluster.processes() > 1:  # placed from host values, the same on every process
+            state = jax.device_get(state)
         # Committed to its devices from the first step: jit compiles again when an argument
         # changes from uncommitted to committed, as the step's outputs and lr_scale do.
         self.state = jax.device_put(state, _one_device() if mesh is None else state_layout(mesh))
@@ -215,8 +227,8 @@ class _Loop:
     def run(self, received: Callable[[], int | None]) -> None:
         """Step until a stopping rule, a signal or a non-finite value."""
         tcfg = self.job.tcfg
-        while (reason := self.stop_reason(received)) is None:
-            if not self.train_one_step():
+        while (decision := self.decide(received))[0] is None:
+            if not self.train_one_step(decision[1]):
                 return
             if self.step % tcfg.eval_every == 0 and not self.evaluate_and_export():
                 return
@@ -225,9 +237,28 @@ class _Loop:
             if self.step % tcfg.checkpoint_every == 0:
                 self.save_checkpoint()
             self.plan_schedule()
-        self.reason = reason
+        self.reason = decision[0]
+        if self.reason == "signal":
+            self.status = "interrupted"
+
+    def decide(self, received: Callable[[], int | None]) -> tuple[str | None, float]:
+        """Why training stops before the next step (None: go on), and the next step's
+        learning rate. In a run of several processes, process 0 decides both for all (its
+        clock plans the schedule and ends the budget), and a signal any process received
+        stops them all."""
+        reason = self.stop_reason(received)
+        lr = rate(self.job.tcfg, self.book.plan, self.step)
+        signal = received() or 0
+        if cluster.processes() > 1:
+            rows = cluster.gather([STOP_REASONS.index(reason) if reason else -1, signal, lr])
+            signals = rows[rows[:, 1] > 0, 1]
+            signal = int(signals[0]) if signals.size else 0
+            reason = "signal" if signal else (STOP_REASONS[int(rows[0, 0])]
+                                             if rows[0, 0] >= 0 else None)
+            lr = float(rows[0, 2])
         if reason == "signal":
-            self.status, self.signal = "interrupted", received()
+            self.signal = signal
+        return reason, lr
 
     def stop_reason(self, received: Callable[[], int | None]) -> str | None:
         """Why training stops before the next step, or None to go on."""
@@ -246,14 +277,16 @@ class _Loop:
             return "signal"
         return None
 
-    def train_one_step(self) -> bool:
-        """One update; False (nothing kept) when the loss or a parameter is not finite."""
+    def train_one_step(self, lr: float) -> bool:
+        """One update at rate ``lr``; False (nothing kept) when the loss or a parameter is
+        not finite. This process builds the windows of its own streams only."""
         tcfg = self.job.tcfg
         inputs, targets, reset = train_batch(self.job.train_ids, tcfg.batch_size, tcfg.seq_len,
-                                             self.step)
+                                             self.step, self.rows)
+        inputs, targets = (cluster.global_batch(self.mesh, part) for part in (inputs, targets))
         began = self.clock()
-        lr = np.float32(rate(tcfg, self.book.plan, self.step))
-        self.state, metrics = self.train_step(self.state, inputs, targets, reset, lr)
+        self.state, metrics = self.train_step(self.state, inputs, targets, reset,
+                                              np.float32(lr))
         loss, self.last_lr = float(metrics["loss"]), float(metrics["lr"])  # waits for the step
         if not math.isfinite(loss) or not bool(metrics["params_finite"]):
             self.stop_nonfinite(f"loss became {loss}" if not math.isfinite(loss)
@@ -313,9 +346,11 @@ class _Loop:
         job, book = self.job, self.book
         book.evaluated_at = self.step
         train_loss = float(np.mean(book.losses)) if book.losses else float("nan")
-        val = (score(self.state.params, job.cfg, job.val_ids, job.tcfg.batch_size,
-                     job.tcfg.seq_len, job.tcfg.eval_chars or None)
+        val = (score(cluster.local(self.state.params), job.cfg, job.val_ids,
+                     job.tcfg.batch_size, job.tcfg.seq_len, job.tcfg.eval_chars or None)
                if len(job.val_ids) > 1 else Score.of(train_loss))
+        if cluster.processes() > 1:  # one number for all, whatever each computed
+            val = Score.of(cluster.from_primary(val.loss))
         if not math.isfinite(val.loss):
             self.stop_nonfinite(f"validation loss became {val.loss}")
             return False
@@ -323,14 +358,15 @@ class _Loop:
             book.tracker.update(val.loss)
             # placed as before: an uncommitted array would make jit compile the step again
             self.state = self.state._replace(lr_scale=jax.device_put(
-                jax.numpy.float32(book.tracker.scale), self.state.lr_scale.sharding))
+                np.float32(book.tracker.scale), self.state.lr_scale.sharding))
             book.losses.clear()
         # a best model that is gone (removed, or a run of lstm_fn 0.1.0, which kept it at
         # --out only) is written again by the next evaluation
         improved = (book.saved_best is None or val.loss < book.saved_best
-                    or not job.best_model.exists())
+                    or cluster.primary() and not job.best_model.exists())
         if improved:
-            self.export(val.loss)
+            if cluster.primary():
+                self.export(val.loss)
             book.saved_best = val.loss
         timed_steps, timed_seconds = book.timed
         chars = job.tcfg.batch_size * job.tcfg.seq_len * timed_steps
@@ -349,7 +385,8 @@ class _Loop:
         provenance = {**job.provenance, "step": self.step, "val_loss": val_loss,
                       "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
-            save_weights(job.best_model, self.state.params, job.cfg, job.vocab, provenance)
+            save_weights(job.best_model, cluster.local(self.state.params), job.cfg, job.vocab,
+                         provenance)
         except OSError as error:
             raise RunError(f"cannot write the best model {str(job.best_model)!r} "
                            f"({error.strerror or error}); the checkpoints are whole: free "
@@ -358,10 +395,12 @@ class _Loop:
     def show_sample(self) -> None:
         """Report a sample that continues the training text's first symbol (ids, not text:
         in "bytes" mode that may be part of a character)."""
+        if not cluster.primary():
+            return
         job, prime = self.job, np.asarray(self.job.train_ids[:1])
         key = jax.random.fold_in(stream_key(job.tcfg.seed, SAMPLE_STREAM), self.step)
-        chunks = generate(self.state.params, job.cfg, prime, job.tcfg.sample_length,
-                          temperature=LOG_SAMPLE_TEMPERATURE, key=key)
+        chunks = generate(cluster.local(self.state.params), job.cfg, prime,
+                          job.tcfg.sample_length, temperature=LOG_SAMPLE_TEMPERATURE, key=key)
         self.reporter.sampled(self.step, job.vocab.decode(
             np.concatenate([prime, *(chunk[0] for chunk in chunks)])))
 
@@ -403,8 +442,14 @@ class _Loop:
             self.evaluate_and_export(scheduled=False)
         if self.status != "nonfinite":
             self.save_checkpoint()
-        if self.status == "done" and received() is not None:
-            self.status, self.reason, self.signal = "interrupted", "signal", received()
+        if self.status == "done" and (signal := self.received_anywhere(received)):
+            self.status, self.reason, self.signal = "interrupted", "signal", signal
+
+    @staticmethod
+    def received_anywhere(received: Callable[[], int | None]) -> int | None:
+        """A signal that this process, or any process of the run, received."""
+        signals = cluster.gather([received() or 0])[:, 0]
+        return int(signals[signals > 0][0]) if (signals > 0).any() else None
 
     def result(self) -> RunResult:
         return RunResult(self.status, self.reason, self.step, self.book.saved_best,
@@ -413,4 +458,4 @@ class _Loop:
 
 
 def _one_device():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -17,6 +17,8 @@ import jax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lstm_fn.errors import ConfigError
+
 AXIS = "data"
 # Below this many streams per device the split costs more than it gains.
 MIN_STREAMS_PER_DEVICE = 8
@@ -35,8 +37,16 @@ def use_cpu_cores(count: int | None = None) -> int:
 
 def batch_mesh(batch_size: int, devices: list | None = None) -> Mesh | None:
     """A one-axis mesh over the most devices that split ``batch_size`` evenly with at least
-    :data:`MIN_STREAMS_PER_DEVICE` streams each; None when that is one device."""
+    :data:`MIN_STREAMS_PER_DEVICE` streams each; None when that is one device. A run of
+    several processes uses every device of every process (ConfigError when the batch does
+    not split over them evenly)."""
     devices = jax.devices() if devices is None else devices
+    if jax.process_count() > 1:
+        if batch_size % len(devices):
+            raise ConfigError(f"{batch_size} streams do not split evenly over the "
+                              f"{len(devices)} devices of {jax.process_count()} processes: "
+                              f"give a multiple of {len(devices)}", "train.batch_size")
+        return Mesh(devices, (AXIS,))
     count = max((n for n in range(1, len(devices) + 1)
                  if batch_size % n == 0 and batch_size // n >= MIN_STREAMS_PER_DEVICE),
                 default=1)
