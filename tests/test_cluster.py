@@ -150,3 +150,19 @@ def test_each_process_builds_only_its_own_streams(monkeypatch):
     np.testing.assert_array_equal(part[0], whole[0][8:])
     np.testing.assert_array_equal(part[1], whole[1][8:])
     assert part[2] == whole[2]
+
+
+def test_a_long_validation_split_is_scored_in_shares_with_the_same_result(tmp_path, env):
+    """103,500 validation characters: two streams of evaluation, one a process; their sums
+    add up to the loss one process computes over both."""
+    from conftest import corpus_text
+
+    text = tmp_path / "long.txt"
+    text.write_text(corpus_text(seed=4, n=230_000), encoding="utf-8")
+    run = ["--steps", "2", "--eval-every", "2", "--val-fraction", "0.45", *SMALL]
+    ends = finish(launch([text, text], [*run, "--run-dir", tmp_path / "two"], env))
+    assert [code for code, _, _ in ends] == [0, 0], ends[0][2] + ends[1][2]
+    single = lstm_fn("pretrain", text, *run, "--run-dir", tmp_path / "one", env=env)
+    assert single.returncode == 0, single.stderr
+    [two], [one] = metrics(tmp_path / "two"), metrics(tmp_path / "one")
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)

@@ -89,6 +89,16 @@ def local_rows(mesh, batch_size: int) -> slice:
     return slice(mine[0] * per_device, (mine[-1] + 1) * per_device)
 
 
+def share(streams: int) -> slice:
+    """The streams of an evaluation this process scores: its near-equal share when every
+    process gets one at least, else all of them (each process scores the whole text)."""
+    count = processes()
+    if count == 1 or streams < count:
+        return slice(0, streams)
+    bounds = np.linspace(0, streams, count + 1).round().astype(int)
+    return slice(int(bounds[index()]), int(bounds[index() + 1]))
+
+
 def global_batch(mesh, local: np.ndarray):
     """A batch array split over ``mesh`` from the rows this process holds."""
     if processes() == 1:

@@ -15,6 +15,7 @@ from lstm_fn.nn.bptt import MANUAL
 from lstm_fn.nn.config import ModelConfig
 from lstm_fn.nn.model import cross_entropy, forward, initial_state
 from lstm_fn.text.streams import eval_batches, eval_streams
+from lstm_fn.training import cluster
 from lstm_fn.training.state import reset_carry
 
 
@@ -52,7 +53,9 @@ def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
     :func:`lstm_fn.text.streams.eval_batches`). ``max_chars`` scores only the first
     ``max_chars / batch_size`` predictions of each stream (the same ones every time, spread
     over the split). ``on_window`` is called after each window with the number of
-    predictions scored so far. Returns nan for a split too short to predict anything.
+    predictions scored so far. Returns nan for a split too short to predict anything. In a
+    run of several processes with at least as many streams as processes, each scores its
+    share of the streams and the sums are added up (every process gets the same mean).
     """
     ids = np.asarray(ids)
     if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
@@ -62,18 +65,24 @@ def evaluate(params: dict, cfg: ModelConfig, ids: np.ndarray, batch_size: int,
     n_predictions = max(len(ids) - 1, 1)
     batch_size = min(batch_size, n_predictions)
     seq_len = min(seq_len, -(-n_predictions // batch_size))
+    mine = cluster.share(batch_size)  # this process's streams: all, but in a run of several
     # Committed, as the carries _eval_step returns are: jit compiles again when an argument
     # changes from uncommitted to committed. So one program serves every window and call.
-    where = getattr(params["embed"], "sharding", None) or jax.devices()[0]
+    where = getattr(params["embed"], "sharding", None) or jax.local_devices()[0]
     params, carry = jax.device_put(
-        (params, initial_state(cfg, batch_size, params["embed"].dtype)), where)
-    total, count = 0.0, 0.0
+        (params, initial_state(cfg, mine.stop - mine.start, params["embed"].dtype)), where)
+    total, count, done = 0.0, 0.0, 0
     for inputs, targets, mask, reset in eval_batches(ids, batch_size, seq_len, max_chars):
-        nll_sum, carry = _eval_step(params, cfg, carry, inputs, targets, mask, reset)
-        total += float(nll_sum)
-        count += float(mask.sum())
+        if mine.stop > mine.start:
+            nll_sum, carry = _eval_step(params, cfg, carry, inputs[mine], targets[mine],
+                                        mask[mine], reset)
+            total += float(nll_sum)
+            count += float(mask[mine].sum())
+        done += int(mask.sum())
         if on_window is not None:
-            on_window(int(count))
+            on_window(done)
+    if mine != slice(0, batch_size):  # the sums of all processes' streams, once
+        total, count = cluster.gather([total, count]).sum(axis=0)
     return total / count if count else float("nan")
 
 

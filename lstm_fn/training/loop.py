@@ -137,7 +137,7 @@ def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
             loop.finish(received)
     reporter.finished()
     result = loop.result()
-    if result.status == "done" and cluster.primary():
+    if result.status == "done":  # by every process of a run of several, each its share
         result.test = score_test_split(job, reporter)
     return result
 
@@ -145,7 +145,7 @@ def train_loop(job: Training, params: dict, reporter: Reporter | None = None,
 def score_test_split(job: Training, reporter: Reporter) -> Score | None:
     """The exported best model's score on the test split (None where there is nothing to
     score: no such split, or no model)."""
-    if not job.best_model.exists():
+    if not cluster.from_primary(float(job.best_model.exists())):  # as process 0 sees it
         return None
     if len(job.test_ids) < 2 and job.tcfg.test_fraction == 0:
         reporter.note("no test split (test fraction 0): score a held-out text with "
@@ -349,7 +349,7 @@ class _Loop:
         val = (score(cluster.local(self.state.params), job.cfg, job.val_ids,
                      job.tcfg.batch_size, job.tcfg.seq_len, job.tcfg.eval_chars or None)
                if len(job.val_ids) > 1 else Score.of(train_loss))
-        if cluster.processes() > 1:  # one number for all, whatever each computed
+        if cluster.processes() > 1:  # process 0's number for all (the same, split or not)
             val = Score.of(cluster.from_primary(val.loss))
         if not math.isfinite(val.loss):
             self.stop_nonfinite(f"validation loss became {val.loss}")
