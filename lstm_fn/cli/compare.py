@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from lstm_fn.cli.options import Command, UserPath, flag, invoked_as, train_options
+from lstm_fn.cli.options import (Command, UserPath, flag, given_train, invoked_as,
+                                 train_options)
 from lstm_fn.text.corpus import DATA_DIR
 
 
@@ -66,7 +67,7 @@ def compare(corpus, cells, layer_counts, hidden_sizes, embed_size, dropout, matc
 
     for cell in cells:
         ModelConfig(cell)  # an unknown cell is named before anything runs
-    given = {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
+    given = given_train(options)
     if not any(given.get(rule) for rule in ("steps", "epochs", "chars")):
         given["minutes"] = given.get("minutes") or 3.0
     config_path = config_path and config_file(config_path)

@@ -115,7 +115,18 @@ class ScoringProgress(_StatusLine):
                     f"| {rate:,.0f} chars/s | ETA {eta}")
 
 
-class Console(Reporter):
+class Listener(Reporter):
+    """A reporter that prints nothing but hears Ctrl-C and SIGTERM (and a closed log), which
+    stop training between steps: the reporter of a process other than 0 in a run of
+    several, whose signals stop every process."""
+
+    @contextlib.contextmanager
+    def stop_signals(self):
+        with Signals() as signals:
+            yield lambda: signals.received
+
+
+class Console(Listener):
     """The training loop's reporter on the command line: the log and the progress line on
     stderr, and Ctrl-C / SIGTERM / a closed log turned into a stop between steps."""
 
@@ -147,18 +158,3 @@ class Console(Reporter):
         """End a progress line rewritten in place before anything else is written."""
         if self.progress is not None:
             self.progress.newline()
-
-    @contextlib.contextmanager
-    def stop_signals(self):
-        with Signals() as signals:
-            yield lambda: signals.received
-
-
-class Follower(Reporter):
-    """The reporter of a process other than 0 in a run of several: it prints nothing
-    (process 0 speaks for the run) but hears Ctrl-C and SIGTERM, which stop every process."""
-
-    @contextlib.contextmanager
-    def stop_signals(self):
-        with Signals() as signals:
-            yield lambda: signals.received

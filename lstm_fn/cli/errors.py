@@ -54,19 +54,20 @@ def user_errors() -> tuple[type, ...]:
 def one_line(error: BaseException) -> click.ClickException:
     """The console's form of an error that escaped a command (see the module docstring)."""
     if isinstance(error, user_errors()):
-        return BadInput(_first_line(error))
+        return BadInput(first_line(error))
     if isinstance(error, OSError):
         where = f" ({os.fsdecode(error.filename)})" if error.filename is not None else ""
-        return BadInput(f"{error.strerror or _first_line(error)}{where}")
+        return BadInput(f"{error.strerror or first_line(error)}{where}")
     if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] not in (
             "lstm_fn", "reference_numpy"):  # e.g. `python cli.py` where jax is missing
         return click.ClickException(f"the Python package {error.name!r} is not installed "
                                     "here; `pip install -e .` installs what lstm_fn needs")
     return Bug(f"internal error, a bug in lstm_fn: {type(error).__name__}: "
-               f"{_first_line(error)}; rerun with --debug for the traceback")
+               f"{first_line(error)}; rerun with --debug for the traceback")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 

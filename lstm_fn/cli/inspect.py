@@ -89,11 +89,8 @@ def _text(text_file, text, vocab, load_corpus):
 
 
 def _header(cfg, vocab, provenance, source, length, cut, layer, model_path) -> dict:
-    import shlex
+    from lstm_fn.cli.options import command_line
 
-    from lstm_fn.cli.options import invoked_as
-
-    argv = click.get_current_context().meta.get("argv", [])
     rows = [["model", f"{cfg.cell}, {cfg.num_layers} layer(s) of {cfg.hidden_size}, "
                       f"embedding {cfg.embed_size}, {cfg.num_params:,} parameters"],
             ["vocabulary", f"{len(vocab)} symbols ({vocab.encoding})"],
@@ -102,7 +99,7 @@ def _header(cfg, vocab, provenance, source, length, cut, layer, model_path) -> d
                                         else "")],
             ["text", f"{source}: {length:,} characters" + (
                 " (cut to the first ones; --chars reads more)" if cut else "")],
-            ["command", shlex.join([*shlex.split(invoked_as()), *argv])]]
+            ["command", command_line()]]
     if layer is not None:
         rows.insert(1, ["layer", f"{layer} only"])
     return {"source": str(source), "rows": rows}

@@ -149,6 +149,12 @@ def _train_options(command, defaults: dict):
     return command
 
 
+def given_train(options: dict) -> dict:
+    """The training options as typed, by field name (None: not given, also a repeatable
+    option given no times)."""
+    return {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
 def train_options(defaults: dict):
     """One option per TrainConfig field (see :func:`_train_options`)."""
     return lambda command: _train_options(command, defaults)
@@ -197,6 +203,14 @@ def flag(key: str) -> str:
     """The option of a setting named as in a config file (``train.learning_rate``: ``--lr``)."""
     section, name = key.split(".", 1)
     return (TRAIN_HELP if section == "train" else MODEL_HELP)[name][0]
+
+
+def command_line() -> str:
+    """The command as the user typed it: :func:`invoked_as` and this command's arguments."""
+    import shlex
+
+    argv = click.get_current_context().meta.get("argv", [])
+    return shlex.join([*shlex.split(invoked_as()), *argv])
 
 
 def invoked_as() -> str:

@@ -121,8 +121,6 @@ def use_cpu_devices() -> None:
 JOIN_TIMEOUT, HEARTBEAT_TIMEOUT, EXIT_TIMEOUT = 25, 30, 1800
 # Seconds a process that ends on an error waits for the others to end with it.
 LEAVE_TIMEOUT = 10
-# Whether this process has joined a run of several.
-JOINED = False
 
 
 def join_cluster(coordinator: str | None = None, num_processes: int | None = None,
@@ -168,12 +166,11 @@ def join_cluster(coordinator: str | None = None, num_processes: int | None = Non
                                    heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT,
                                    shutdown_timeout_seconds=EXIT_TIMEOUT)
     except Exception as error:  # unreachable, a port in use, a process that never came
-        text = str(error).strip().splitlines()
-        refuse(f"cannot join the run at {where}: {text[0][:300] if text else error!r}")
+        from lstm_fn.cli.errors import first_line
+
+        refuse(f"cannot join the run at {where}: {first_line(error)[:300]}")
     from lstm_fn.training import cluster
 
-    global JOINED
-    JOINED = True
     if coordinator:
         cluster.COORDINATOR["address"] = coordinator
     # The first collective connects the processes, and gloo says so on stdout: not there.
@@ -186,12 +183,11 @@ def leave_cluster(code: int) -> None:
     others if they end too (the same error everywhere); else, after :data:`LEAVE_TIMEOUT`
     seconds, exit at once (``os._exit``) rather than wait at JAX's exit for processes that
     wait for this one, so that their collectives fail and they stop."""
-    if not JOINED:
-        return
     import threading
 
-    import jax
-
+    jax = sys.modules.get("jax")  # a run is joined after JAX is imported, never before
+    if jax is None or not jax.distributed.is_initialized():
+        return
     left = threading.Event()
 
     def leave():

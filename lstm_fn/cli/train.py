@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from lstm_fn.cli import errors
-from lstm_fn.cli.options import (Command, UserPath, default_run_dir, flag, invoked_as,
-                                 run_options)
+from lstm_fn.cli.options import (Command, UserPath, command_line, default_run_dir, flag,
+                                 given_train, invoked_as, run_options)
 
 OUT_HELP = ("Also copy the best model here, each time it improves [default: no copy; the "
             "model is RUN_DIR/model.json; on --resume, the run's own --out].")
@@ -60,9 +60,7 @@ def fine_tune(corpus, base_path, config_path, run_dir, out, replace_out, resume,
 def run_command(command: str, *, corpus, config_path, run_dir, out, replace_out, resume,
                 data_dir, base_path, options: dict) -> None:
     """Run the training the options ask for, say how it ended, exit with its code."""
-    import shlex
-
-    from lstm_fn.cli.console import Console, Follower
+    from lstm_fn.cli.console import Console, Listener
     from lstm_fn.config import MODEL_FIELDS, config_file, read_config_file
     from lstm_fn.errors import ConfigError, RunError
     from lstm_fn.runs.plan import RunRequest
@@ -76,18 +74,17 @@ def run_command(command: str, *, corpus, config_path, run_dir, out, replace_out,
             raise click.UsageError("--resume needs --run-dir")
         run_dir = default_run_dir(corpus)
     given_model = {k: options.pop(k) for k in MODEL_FIELDS}
-    given_train = {k: (v or None) if isinstance(v, tuple) else v for k, v in options.items()}
+    train_given = given_train(options)
     typed = {f"model.{k}" for k, v in given_model.items() if v is not None} | \
-        {f"train.{k}" for k, v in given_train.items() if v is not None}
+        {f"train.{k}" for k, v in train_given.items() if v is not None}
     config_path = config_path and config_file(config_path)
     program = invoked_as()
     request = RunRequest(
         command, corpus, Path(run_dir), out and Path(out), resume, Path(data_dir),
         base_path and Path(base_path), config_path, read_config_file(config_path), given_model,
-        given_train, replace_out,
-        shlex.join([*shlex.split(program), *click.get_current_context().meta["argv"]]), program)
+        train_given, replace_out, command_line(), program)
     try:
-        end = run(request, Console() if cluster.primary() else Follower())
+        end = run(request, Console() if cluster.primary() else Listener())
     except ConfigError as error:  # a setting typed on the command line is named as typed
         if error.key in typed:
             raise errors.BadInput(error.worded(flag(error.key))) from None
@@ -115,9 +112,8 @@ def lost_process(error: Exception, request) -> None:
     others = cluster.processes() - 1
     lost = (f"process {1 - cluster.index()}" if others == 1
             else f"one of the other {others} processes")
-    text = str(error).strip().splitlines()
     click.echo(f"Error: {lost} of the run is gone ({type(error).__name__}: "
-               f"{text[0][:200] if text else ''}); the last whole checkpoint is kept: "
+               f"{errors.first_line(error)[:200]}); the last whole checkpoint is kept: "
                f"continue with `{request.resume_command()}` on every process", err=True)
     sys.stderr.flush()
     sys.stdout.flush()

@@ -102,9 +102,9 @@ def plan_run(request: RunRequest) -> RunPlan:
                  resume.resumed_corpus(request.corpus, request.data_dir, record))
     out, out_note, base_path = _settle_paths(request, record, corpus_at)
     base = load_weights(base_path) if base_path is not None else None
-    config = _with_precision(resolve(
-        request.command, request.config_file, request.given_model, request.given_train,
-        record=record, base=None if base is None or record else BaseModel(base[1], base[2].encoding)))
+    base_model = None if base is None or record else BaseModel(base[1], base[2].encoding)
+    config = _with_precision(resolve(request.command, request.config_file, request.given_model,
+                                     request.given_train, record=record, base=base_model))
     corpus = load_corpus(corpus_at if record else request.corpus, data_dir=request.data_dir,
                          encoding=config.train.vocab, remedy=(
                              "fine-tune a model trained with --vocab bytes"

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lstm_fn.errors import RunError
+from lstm_fn.training.parallel import batch_split
 
 # Where process 0 of this run listens ({"address": "HOST:PORT"}), once this process has
 # joined a run given one (a launcher's run may not say).
@@ -40,9 +42,13 @@ def gather(values) -> np.ndarray:
     values = np.atleast_1d(np.asarray(values, np.float64))
     if processes() == 1:
         return values[None]
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(values)).reshape(processes(), -1)
+
+
+def first_signal(signals: np.ndarray) -> int:
+    """The first of the processes' signal numbers that is not 0 (0: none received)."""
+    received = signals[signals > 0]
+    return int(received[0]) if received.size else 0
 
 
 def from_primary(value: float) -> float:
@@ -103,8 +109,6 @@ def global_batch(mesh, local: np.ndarray):
     """A batch array split over ``mesh`` from the rows this process holds."""
     if processes() == 1:
         return local
-    from lstm_fn.training.parallel import batch_split
-
     return jax.make_array_from_process_local_data(batch_split(mesh), local)
 
 
@@ -114,8 +118,6 @@ def host_value(leaf) -> np.ndarray:
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         if leaf.sharding.is_fully_replicated:
             return np.asarray(leaf.addressable_data(0))
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
     return np.asarray(leaf)
 
@@ -133,6 +135,4 @@ def local(tree):
 def barrier(name: str) -> None:
     """Wait until every process gets here."""
     if processes() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)

@@ -251,8 +251,7 @@ class _Loop:
         signal = received() or 0
         if cluster.processes() > 1:
             rows = cluster.gather([STOP_REASONS.index(reason) if reason else -1, signal, lr])
-            signals = rows[rows[:, 1] > 0, 1]
-            signal = int(signals[0]) if signals.size else 0
+            signal = cluster.first_signal(rows[:, 1])
             reason = "signal" if signal else (STOP_REASONS[int(rows[0, 0])]
                                              if rows[0, 0] >= 0 else None)
             lr = float(rows[0, 2])
@@ -442,14 +441,10 @@ class _Loop:
             self.evaluate_and_export(scheduled=False)
         if self.status != "nonfinite":
             self.save_checkpoint()
-        if self.status == "done" and (signal := self.received_anywhere(received)):
+        # a signal that this process, or any process of the run, received
+        signal = cluster.first_signal(cluster.gather([received() or 0])[:, 0])
+        if self.status == "done" and signal:
             self.status, self.reason, self.signal = "interrupted", "signal", signal
-
-    @staticmethod
-    def received_anywhere(received: Callable[[], int | None]) -> int | None:
-        """A signal that this process, or any process of the run, received."""
-        signals = cluster.gather([received() or 0])[:, 0]
-        return int(signals[signals > 0][0]) if (signals > 0).any() else None
 
     def result(self) -> RunResult:
         return RunResult(self.status, self.reason, self.step, self.book.saved_best,
