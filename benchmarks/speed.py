@@ -191,6 +191,38 @@ def measure(name, variants, chars_per_call, rounds, calls, flops=None, log=print
     return rows
 
 
+def measure_all(wanted, rounds: int, calls: int, length: int, log) -> list[dict]:
+    """Every config whose name ``wanted`` accepts: training (each cell and width), evaluation
+    and sampling, each with its variants in alternating rounds."""
+    results = []
+    for cell in ("rnn", "lstm", "gru"):
+        for hidden in (256, 512):
+            name = f"train {cell}-{hidden}"
+            if wanted(name):
+                results += measure(name, {
+                    "lstm_fn autodiff": lambda: make_jax_train(cell, hidden, "autodiff"),
+                    "lstm_fn manual": lambda: make_jax_train(cell, hidden, "manual"),
+                    "torch": lambda: make_torch_train(cell, hidden),
+                    "lstm_fn manual bf16": lambda: make_jax_train(cell, hidden, "manual",
+                                                                  "bfloat16"),
+                    "torch bf16": lambda: make_torch_train(cell, hidden, bfloat16=True),
+                    **({"flax": lambda: make_flax_train(cell, hidden)} if have_flax() else {}),
+                }, B * T, rounds, calls, 3 * forward_flops(cell, hidden, B, T), log)
+    if wanted("eval lstm-256"):
+        results += measure("eval lstm-256", {
+            "lstm_fn evaluate": lambda: make_jax_eval("lstm", 256, "bptt"),
+            "lstm_fn plain scan": lambda: make_jax_eval("lstm", 256),
+            "torch": lambda: make_torch_eval("lstm", 256)},
+                           B * T, rounds, 2 * calls, forward_flops("lstm", 256, B, T), log)
+    for batch in (1, 64):
+        name = f"sample lstm-256 S={batch}"
+        if wanted(name):
+            results += measure(name, {"lstm_fn": lambda: make_jax_sample(256, batch, length),
+                                      "torch": lambda: make_torch_sample(256, batch, length)},
+                               batch * length, rounds, 1, log=log)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~2-3 min)")
@@ -218,32 +250,7 @@ def main(argv=None):
     peaks = [matmul_peak()]
     log(f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
         f"jnp.dot 2048^2 float32: {peaks[0]:.0f} GFLOP/s")
-    results = []
-    for cell in ("rnn", "lstm", "gru"):
-        for hidden in (256, 512):
-            name = f"train {cell}-{hidden}"
-            if wanted(name):
-                results += measure(name, {
-                    "lstm_fn autodiff": lambda: make_jax_train(cell, hidden, "autodiff"),
-                    "lstm_fn manual": lambda: make_jax_train(cell, hidden, "manual"),
-                    "torch": lambda: make_torch_train(cell, hidden),
-                    "lstm_fn manual bf16": lambda: make_jax_train(cell, hidden, "manual",
-                                                                  "bfloat16"),
-                    "torch bf16": lambda: make_torch_train(cell, hidden, bfloat16=True),
-                    **({"flax": lambda: make_flax_train(cell, hidden)} if have_flax() else {}),
-                }, B * T, rounds, calls, 3 * forward_flops(cell, hidden, B, T), log)
-    if wanted("eval lstm-256"):
-        results += measure("eval lstm-256", {
-            "lstm_fn evaluate": lambda: make_jax_eval("lstm", 256, "bptt"),
-            "lstm_fn plain scan": lambda: make_jax_eval("lstm", 256),
-            "torch": lambda: make_torch_eval("lstm", 256)},
-                           B * T, rounds, 2 * calls, forward_flops("lstm", 256, B, T), log)
-    for batch in (1, 64):
-        name = f"sample lstm-256 S={batch}"
-        if wanted(name):
-            results += measure(name, {"lstm_fn": lambda: make_jax_sample(256, batch, length),
-                                      "torch": lambda: make_torch_sample(256, batch, length)},
-                               batch * length, rounds, 1, log=log)
+    results = measure_all(wanted, rounds, calls, length, log)
     peaks.append(matmul_peak())
     end = cpu_snapshot()
     for row in results:
