@@ -11,6 +11,8 @@ ends.
 import json
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -70,3 +72,42 @@ def test_ctrl_c_while_sampling_stops_it(finished_run, env):
     code, stderr = interrupt_after(2.0, ["sample", "--from", finished_run / "run",
                                          "--length", "100000000"], env)
     assert code in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
+
+
+# Imports JAX with SIGINT raised from inside the first Python function that a compiled
+# extension module calls while it initialises (numpy's and jaxlib's build enums there).
+INTERRUPTED_WHILE_LOADING_AN_EXTENSION = textwrap.dedent("""
+    import os, signal, sys
+    from lstm_fn.cli import interrupts
+
+    def loading_an_extension(frame):
+        while frame is not None:
+            if type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader":
+                return True
+            frame = frame.f_back
+        return False
+
+    def profile(frame, event, arg):
+        called_by_the_module = not frame.f_code.co_filename.startswith("<frozen")
+        if event == "call" and called_by_the_module and loading_an_extension(frame):
+            sys.setprofile(None)
+            print("signal sent", file=sys.stderr)
+            signal.raise_signal(signal.SIGINT)
+
+    interrupts.install()
+    sys.setprofile(profile)
+    try:
+        import jax
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        os._exit(130)
+""")
+
+
+def test_ctrl_c_while_an_extension_module_loads_waits_until_it_has_loaded(env):
+    """Raised inside a compiled module's initialisation, the interrupt became an ImportError
+    or crashed the process from C++ (no line at all); it is raised once the module is in."""
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_LOADING_AN_EXTENSION],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["signal sent", "interrupted"], done.stderr

@@ -5,9 +5,12 @@ If that is inside a garbage-collector callback or a ``__del__`` method, Python p
 "Exception ignored in: ..." with a traceback and carries on, so the interrupt is lost: JAX
 registers such a callback (``jax._src.lib._xla_gc_callback``, run at every collection),
 and during start-up, with its many collections, an interrupt landed there about half of the
-time, and the run went on to the end. This handler raises the interrupt only outside such
-frames; inside one it has the signal sent again a moment later, from another thread, and
-it is handled then, once the finalizer has returned.
+time, and the run went on to the end. Nor may it be raised while a compiled extension module is
+being loaded: jaxlib's modules call back into Python as they initialise, and an exception
+there ends the process from C++ (a segmentation fault or an abort, with nothing printed).
+This handler raises the interrupt only outside such frames; inside one it has the signal
+sent again a moment later, from another thread, and it is handled then, once the finalizer
+or the module's loading has returned.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ _deferred = []  # holds True while an interrupt waits to be raised again
 
 
 def on_interrupt(signum, frame) -> None:
-    if _inside_finalizer(frame):
+    if _must_wait(frame):
         # Not from here: a signal asked for in the handler is handled at once, still inside.
         if not _deferred:
             import threading  # only now: nothing but built-in modules before the handler
@@ -56,12 +59,16 @@ def _raise_again(signum: int) -> None:
         _thread.interrupt_main(signum)
 
 
-def _inside_finalizer(frame) -> bool:
+def _must_wait(frame) -> bool:
     """Whether ``frame`` runs (or is called by) a garbage-collector callback or a
-    ``__del__`` method, where an exception would be printed and dropped."""
+    ``__del__`` method, where an exception would be printed and dropped, or the loading of
+    a compiled extension module, where it would crash the process."""
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
     while frame is not None:
-        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+        code = frame.f_code
+        if code in callbacks or code.co_name == "__del__" or (
+                code.co_name in ("create_module", "exec_module")
+                and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):
             return True
         frame = frame.f_back
     return False
