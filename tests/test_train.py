@@ -13,7 +13,9 @@ import lstm_fn
 from lstm_fn.config import TrainConfig
 from lstm_fn.text.streams import train_batch
 from lstm_fn.training.optim import ValTracker
-from lstm_fn.training.schedule import check_schedule, fixed_plan, plan_budget, rate, replan
+from lstm_fn.training.report import Reporter
+from lstm_fn.training.schedule import (check_schedule, fixed_plan, follow_pace, plan_budget, rate,
+                                       replan)
 from lstm_fn.training.evaluate import evaluate
 from lstm_fn.training.state import TrainState
 from lstm_fn.training.step import make_train_step
@@ -106,6 +108,15 @@ def test_a_time_budget_plans_the_decay_from_the_pace():
     assert rate(raised, again, 150) == pytest.approx(rate(wsd, plan, 150))
     assert replan(raised, plan._replace(decay_from=160), 150, 525.0, None) is None  # anew
     assert replan(wsd, plan, 150, 525.0, None) == plan  # the same budget: the same plan
+    # During the decay, a pace that changed moves the end, from the rate reached.
+    assert follow_pace(wsd, plan, 120, 480.0, 1.5, None) is None  # on pace
+    assert follow_pace(wsd, plan, 120, 480.0, 1.51, None) is None  # within the tolerance
+    slower = follow_pace(wsd, plan, 120, 480.0, 3.0, None)  # 120 s left fit 40 steps, not 80
+    assert (slower.total_steps, slower.decay_from, slower.seconds_per_step) == (160, 120, 3.0)
+    assert rate(wsd, slower, 120) == pytest.approx(rate(wsd, plan, 120))
+    assert rate(wsd, slower, 159) == pytest.approx(0.0)
+    assert follow_pace(wsd, plan, 120, 480.0, 1.0, 180).total_steps == 180  # steps bind first
+    assert follow_pace(wsd, plan, 99, 480.0, 3.0, None) is None  # not in the decay yet
 
 
 def test_plateau_and_patience():
@@ -222,44 +233,49 @@ def test_a_score_gives_bits_and_perplexity():
     assert Score.of(699.0).perplexity == pytest.approx(math.exp(699.0))  # finite
 
 
+class Ticking(Reporter):
+    """Time passes with the steps alone, ``seconds(step)`` a step; asks to stop after step
+    ``stop_at``."""
+
+    def __init__(self, stop_at=None, seconds=lambda step: 1.0):
+        self.now, self.stop_at, self.seconds, self.notes, self.rates = 0.0, stop_at, seconds, [], []
+        self.last = None
+
+    def step(self, report):
+        self.now += self.seconds(report.step)
+        self.last = report.step
+        self.rates.append(report.lr)
+
+    def note(self, text):
+        self.notes.append(text)
+
+    def stop_signals(self):
+        import contextlib
+        import signal
+
+        return contextlib.nullcontext(
+            lambda: signal.SIGINT if self.stop_at and self.last == self.stop_at else None)
+
+
+def budgeted_run(folder, tcfg, reporter, resume=False):
+    from lstm_fn.training.loop import Training, train_loop
+
+    vocab = lstm_fn.Vocab.from_symbols("abcdefghi")
+    data, params = ids(4000), lstm_fn.init(jax.random.key(2), CFG)
+    job = Training(CFG, tcfg, vocab, data, data[:200], data[:0], None, folder / "ckpt",
+                   folder / "model.json", resume)
+    return train_loop(job, params, reporter, clock=lambda: reporter.now)
+
+
 def test_a_resumed_budgeted_run_matches_an_uninterrupted_one(tmp_path):
     """A wsd schedule bounded by 2 minutes, on a clock that moves one second a step: the
     plan (decided at 90 s: 30 steps fit) and the weights of a run interrupted at step 100
     and resumed equal the uninterrupted run's, bit for bit."""
-    import signal
-
-    from lstm_fn.training.loop import Training, train_loop
-    from lstm_fn.training.report import Reporter
-
-    class Ticking(Reporter):
-        """Time passes with the steps alone; asks to stop after step ``stop_at``."""
-
-        def __init__(self, stop_at=None):
-            self.now, self.stop_at, self.notes = 0.0, stop_at, []
-
-        def step(self, report):
-            self.now += 1.0
-            self.last = report.step
-
-        def note(self, text):
-            self.notes.append(text)
-
-        def stop_signals(self):
-            import contextlib
-
-            return contextlib.nullcontext(
-                lambda: signal.SIGINT if self.stop_at and self.last == self.stop_at else None)
-
-    vocab = lstm_fn.Vocab.from_symbols("abcdefghi")
     tcfg = TrainConfig(batch_size=4, seq_len=16, minutes=2, schedule="wsd", decay_fraction=0.25,
                        eval_every=40, checkpoint_every=1000, sample_every=0, learning_rate=0.01)
-    data, params = ids(4000), lstm_fn.init(jax.random.key(2), CFG)
 
     def run(folder, reporter, resume=False):
-        job = Training(CFG, tcfg, vocab, data, data[:200], data[:0], None, folder / "ckpt",
-                       folder / "model.json", resume)
-        reporter.last = None
-        return train_loop(job, params, reporter, clock=lambda: reporter.now)
+        return budgeted_run(folder, tcfg, reporter, resume)
 
     straight = Ticking()
     whole = run(tmp_path / "a", straight)
@@ -274,3 +290,18 @@ def test_a_resumed_budgeted_run_matches_an_uninterrupted_one(tmp_path):
     b, _, _ = lstm_fn.load_weights(tmp_path / "b" / "model.json")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def test_a_budget_whose_pace_slows_in_the_decay_still_ends_at_the_lowest_rate(tmp_path):
+    """Planned at one second a step (decay from step 90, end at 120), then two seconds a
+    step: the 30 seconds left fit about 15 steps, not 30; the decay follows the new pace and
+    the run's last step is at the lowest rate, where it stood at half the peak before."""
+    tcfg = TrainConfig(batch_size=4, seq_len=16, minutes=2, schedule="wsd", decay_fraction=0.25,
+                       eval_every=1000, checkpoint_every=1000, sample_every=0, learning_rate=0.01,
+                       min_lr_ratio=0.1)
+    slowing = Ticking(seconds=lambda step: 1.0 if step <= 90 else 2.0)
+    result = budgeted_run(tmp_path, tcfg, slowing)
+    assert result.reason == "minutes" and 100 <= result.step <= 106, result.step
+    assert [n for n in slowing.notes if n.startswith("the pace is now 2.000 s a step")]
+    assert slowing.rates[-1] == pytest.approx(0.001, rel=1e-3)
+    assert all(a >= b for a, b in zip(slowing.rates[90:], slowing.rates[91:]))

@@ -29,8 +29,8 @@ from lstm_fn.training.evaluate import Score, score
 from lstm_fn.training.optim import ValTracker
 from lstm_fn.training.parallel import batch_mesh
 from lstm_fn.training.report import Evaluation, Reporter, StepReport, duration
-from lstm_fn.training.schedule import (MEASURED_STEPS, Plan, fixed_plan, plan_budget, planned,
-                                       rate, replan)
+from lstm_fn.training.schedule import (MEASURED_STEPS, REPACE_STEPS, Plan, fixed_plan,
+                                       follow_pace, plan_budget, planned, rate, repaced, replan)
 from lstm_fn.training.state import SAMPLE_STREAM, TrainState, stream_key
 from lstm_fn.training.step import make_train_step, state_layout
 from lstm_fn.weights import load_weights, save_weights
@@ -173,6 +173,7 @@ class _Loop:
         self.status, self.message, self.signal, self.last_lr = "done", "", None, 0.0
         self.reason = "steps"
         self.started, self.step_timed, self.pace_from = clock(), False, None
+        self.plan_from = None  # (step, clock) where this process last made a budget's plan
 
     @property
     def step(self) -> int:
@@ -313,11 +314,11 @@ class _Loop:
     def plan_schedule(self) -> None:
         """Once it is time: fix the length of a decaying schedule that a time budget bounds,
         from the pace of this process's steps since its first (evaluations, checkpoints and
-        samples included), and say what was planned; and for a run of known length, say once
-        how long it should take."""
+        samples included), and say what was planned; during the decay, follow a pace that
+        changed; and for a run of known length, say once how long it should take."""
         job, book = self.job, self.book
         if self.pace_from is None:  # the first step of a process compiles: measured from here
-            self.pace_from = (self.step, self.clock())
+            self.pace_from = self.plan_from = (self.step, self.clock())
         if self.step <= self.pace_from[0]:
             return
         timed = self.step - self.pace_from[0]
@@ -328,11 +329,20 @@ class _Loop:
                                timed)
             if plan is not None and (book.plan is None or (
                     plan.total_steps < book.plan.total_steps and self.step < book.plan.decay_from)):
-                book.plan = plan  # the budget ends the run before its step limit
-                self.reporter.note(planned(job.tcfg, plan))
+                self._new_plan(plan, planned(job.tcfg, plan))  # the budget ends the run first
+        elif book.plan is not None and self.step - self.plan_from[0] >= REPACE_STEPS:
+            recent = (self.clock() - self.plan_from[1]) / (self.step - self.plan_from[0])
+            plan = follow_pace(job.tcfg, book.plan, self.step, self.seconds(), recent,
+                               job.total_steps)
+            if plan is not None:
+                self._new_plan(plan, repaced(job.tcfg, plan))
         if timed == MEASURED_STEPS and (end := self.total_steps()) is not None:
             self.reporter.note(f"at the pace of the last {timed} steps, the {end - self.step:,} "
                                f"steps left take about {duration(per_step * (end - self.step))}")
+
+    def _new_plan(self, plan: Plan, note: str) -> None:
+        self.book.plan, self.plan_from = plan, (self.step, self.clock())
+        self.reporter.note(note)
 
     def evaluate_and_export(self, scheduled: bool = True) -> bool:
         """Evaluate, report, and export the model when it beats the exported one; False

@@ -14,7 +14,9 @@ The last three decay towards the run's end, so they need its length: a :class:`P
 When steps, epochs or characters bound the run, the plan is fixed from the start. When
 ``minutes`` bound it, :func:`plan_budget` decides the plan during the run from the measured
 time per step (evaluations and checkpoints included): for ``wsd`` when the stable part of
-the budget is spent, for ``linear`` and ``cosine`` after a short measurement. The plan is
+the budget is spent, for ``linear`` and ``cosine`` after a short measurement. When the
+pace changes during the decay, so that the steps left no longer fit the time left, the
+decay is stretched or shortened from the rate reached (:func:`follow_pace`). The plan is
 kept in every checkpoint, so a resumed run follows it exactly; a resume that raises the
 budget stretches what is left of the decay (:func:`replan`).
 """
@@ -31,6 +33,10 @@ from lstm_fn.errors import ConfigError
 DECAYING = ("cosine", "linear", "wsd")
 # Steps timed (after the first, which compiles) before linear or cosine plan a time budget.
 MEASURED_STEPS = 20
+# Steps timed since a budget's plan before the decay follows a changed pace, and how far
+# the end must move (as a share of the decay's steps, at least 2 steps) for it to.
+REPACE_STEPS = 5
+REPACE_TOLERANCE = 0.02
 
 
 class Plan(NamedTuple):
@@ -119,6 +125,24 @@ def plan_budget(tcfg: TrainConfig, step: int, seconds: float, seconds_per_step: 
     return Plan(total, step, 1.0, seconds_per_step, tcfg.minutes)
 
 
+def follow_pace(tcfg: TrainConfig, plan: Plan, step: int, seconds: float,
+                seconds_per_step: float, step_limit: int | None) -> Plan | None:
+    """During a time budget's decay: a new plan when, at ``seconds_per_step`` (measured since
+    ``plan`` was made), the steps that fit the time left would end the run more than the
+    tolerance away from the planned end (else None). The decay goes on from the rate
+    reached; without this, a pace that slowed ends the budget before the rate is down."""
+    if tcfg.minutes is None or plan.seconds_per_step is None or not (
+            plan.decay_from < step < plan.total_steps):
+        return None
+    fits = step + max(1, math.floor((tcfg.minutes * 60 - seconds) / max(seconds_per_step, 1e-9)))
+    total = fits if step_limit is None else min(fits, step_limit)
+    tolerance = max(2, REPACE_TOLERANCE * (plan.total_steps - plan.decay_from))
+    if abs(total - plan.total_steps) <= tolerance:
+        return None
+    reached = rate(tcfg, plan, step) / tcfg.learning_rate
+    return Plan(total, step, reached, seconds_per_step, tcfg.minutes)
+
+
 def replan(tcfg: TrainConfig, plan: Plan | None, step: int, seconds: float,
            step_limit: int | None) -> Plan | None:
     """The plan of a resumed run whose limits may have changed since ``plan`` was made.
@@ -149,3 +173,9 @@ def planned(tcfg: TrainConfig, plan: Plan) -> str:
     return (f"schedule {tcfg.schedule}: {tcfg.minutes:g} minutes fit {plan.total_steps:,} "
             f"steps at {plan.seconds_per_step:.3f} s a step (evaluations included); the rate "
             f"decays from step {plan.decay_from:,} to {end:.2e} at step {plan.total_steps - 1:,}")
+
+
+def repaced(tcfg: TrainConfig, plan: Plan) -> str:
+    """What following a changed pace decided, for the log."""
+    return (f"the pace is now {plan.seconds_per_step:.3f} s a step: the decay goes on from "
+            f"{tcfg.learning_rate * plan.from_rate:.2e} to step {plan.total_steps - 1:,}")
