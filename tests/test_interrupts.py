@@ -77,7 +77,7 @@ def test_ctrl_c_while_sampling_stops_it(finished_run, env):
 # Imports JAX with SIGINT raised from inside the first Python function that a compiled
 # extension module calls while it initialises (numpy's and jaxlib's build enums there).
 INTERRUPTED_WHILE_LOADING_AN_EXTENSION = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, time
     from lstm_fn.cli import interrupts
 
     def loading_an_extension(frame):
@@ -98,6 +98,8 @@ INTERRUPTED_WHILE_LOADING_AN_EXTENSION = textwrap.dedent("""
     sys.setprofile(profile)
     try:
         import jax
+        time.sleep(10)  # as the command would go on: a late interrupt still counts
+        print("went on", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         os._exit(130)
@@ -111,3 +113,30 @@ def test_ctrl_c_while_an_extension_module_loads_waits_until_it_has_loaded(env):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == ["signal sent", "interrupted"], done.stderr
+
+
+LOST_ON_THE_WAY = textwrap.dedent("""
+    import os, signal, sys, time
+    from lstm_fn.cli import interrupts
+
+    interrupts.install()
+    try:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # as C code that clears the errors of the Python it calls loses it
+        print("lost", file=sys.stderr)
+        time.sleep(10)
+        print("went on", file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupts.taken()
+        print("interrupted", file=sys.stderr)
+        os._exit(130)
+""")
+
+
+def test_an_interrupt_lost_on_the_way_is_sent_again():
+    done = subprocess.run([sys.executable, "-c", LOST_ON_THE_WAY], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.splitlines() == ["lost", "interrupted"], done.stderr

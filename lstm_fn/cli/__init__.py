@@ -12,7 +12,10 @@ def main():
 
     try:
         from lstm_fn.cli import interrupts
-
+    except KeyboardInterrupt:  # in its first instant: nothing is set up to tear down
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    try:
         interrupts.install()
         from lstm_fn.cli.app import cli
         from lstm_fn.cli.setup import prepare_jax, prepare_process
@@ -20,8 +23,9 @@ def main():
         prepare_process()
         cli(prog_name="lstm-fn", obj=prepare_jax)
     except KeyboardInterrupt:  # Ctrl-C while starting up, before a command's own handling
+        interrupts.taken()
         print("interrupted", file=sys.stderr)
-        sys.exit(130)  # as a shell reports a process ended by Ctrl-C
+        interrupts.leave(130)  # as a shell reports a process ended by Ctrl-C
     except SystemExit as ending:
         if ending.code == 130:
             interrupts.leave(130)

@@ -14,14 +14,14 @@ import sys
 
 import click
 
-from lstm_fn.cli.interrupts import EXIT_CODE
+from lstm_fn.cli import interrupts
 
 OK = 0
 BUG = 1
 BAD_INPUT = 2
 NONFINITE = 3  # training stopped on a non-finite loss or parameter
 LOST_PROCESS = 4  # another process of a run of several is gone
-INTERRUPTED = EXIT_CODE  # 130, as a shell reports a process ended by Ctrl-C
+INTERRUPTED = interrupts.EXIT_CODE  # 130, as a shell reports a process ended by Ctrl-C
 CLOSED_PIPE = 128 + signal.SIGPIPE  # 141
 
 
@@ -98,6 +98,7 @@ class App(click.Group):
             silence_stdout()
             sys.exit(CLOSED_PIPE)
         except KeyboardInterrupt:  # before training's own handling starts (or after it)
+            interrupts.taken()
             click.echo("interrupted", err=True)
             sys.exit(INTERRUPTED)
         except Exception as error:

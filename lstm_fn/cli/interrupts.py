@@ -1,16 +1,22 @@
 """Ctrl-C at any moment: the SIGINT handler of the command line.
 
-Python raises ``KeyboardInterrupt`` wherever the main thread is when the signal is handled.
-If that is inside a garbage-collector callback or a ``__del__`` method, Python prints
-"Exception ignored in: ..." with a traceback and carries on, so the interrupt is lost: JAX
-registers such a callback (``jax._src.lib._xla_gc_callback``, run at every collection),
-and during start-up, with its many collections, an interrupt landed there about half of the
-time, and the run went on to the end. Nor may it be raised while a compiled extension module is
-being loaded: jaxlib's modules call back into Python as they initialise, and an exception
-there ends the process from C++ (a segmentation fault or an abort, with nothing printed).
-This handler raises the interrupt only outside such frames; inside one it has the signal
-sent again a moment later, from another thread, and it is handled then, once the finalizer
-or the module's loading has returned.
+Python raises ``KeyboardInterrupt`` wherever the main thread is when the signal is handled,
+and some places lose it:
+
+- a garbage-collector callback or a ``__del__`` method: Python prints "Exception ignored
+  in: ..." and carries on. JAX registers such a callback (``_xla_gc_callback``, run at every
+  collection); during start-up, with its many collections, an interrupt landed there about
+  half of the time, and the run went on to the end;
+- the loading of a compiled extension module: jaxlib's and numpy's modules call back into
+  Python as they initialise, and an exception there crashed the process from C++ (a
+  segmentation fault or an abort, nothing printed), became an ``ImportError``, or vanished;
+- C and C++ code that clears the errors of the Python it calls (binding libraries trying
+  one overload after another do), so the exception never arrives.
+
+So this handler raises the interrupt only outside the first two kinds of frame; inside one
+it has the signal sent again a moment later, from another thread, and it is handled then.
+And an interrupt it raised is owed until the code that catches it says so (:func:`taken`):
+if a second later nothing has, it was lost on the way, and the signal is sent again.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import signal
 import sys
 
 # How long a deferred interrupt waits before it is raised again (a gc callback takes
-# microseconds).
+# microseconds), and how long a raised one may take to reach the code that ends the
+# process before it counts as lost.
 RETRY_S = 0.01
+LOST_S = 1.0
 
 EXIT_CODE = 128 + signal.SIGINT  # 130, as a shell reports a process ended by Ctrl-C
 
@@ -35,27 +43,35 @@ def install() -> None:
         signal.signal(signal.SIGINT, on_interrupt)
 
 
-_deferred = []  # holds True while an interrupt waits to be raised again
+# owed: an interrupt has not reached the code that ends the process yet; timer: a sending
+# again is set
+_state = {"owed": False, "timer": False}
 
 
 def on_interrupt(signum, frame) -> None:
-    if _must_wait(frame):
+    waiting = _must_wait(frame)
+    _state["owed"] = True
+    if not _state["timer"]:
         # Not from here: a signal asked for in the handler is handled at once, still inside.
-        if not _deferred:
-            import threading  # only now: nothing but built-in modules before the handler
+        import threading  # only now: nothing but built-in modules before the handler
 
-            _deferred.append(True)
-            timer = threading.Timer(RETRY_S, _raise_again, (signum,))
-            timer.daemon = True  # never keeps a process that is ending
-            timer.start()
-        return
-    _deferred.clear()
-    raise KeyboardInterrupt
+        _state["timer"] = True
+        timer = threading.Timer(RETRY_S if waiting else LOST_S, _send_again, (signum,))
+        timer.daemon = True  # never keeps a process that is ending
+        timer.start()
+    if not waiting:
+        raise KeyboardInterrupt
 
 
-def _raise_again(signum: int) -> None:
-    if _deferred:
-        _deferred.clear()  # it may land in a finalizer again, and be deferred again
+def taken() -> None:
+    """The interrupt has reached the code that ends the process: it is no longer owed."""
+    _state["owed"] = False
+
+
+def _send_again(signum: int) -> None:
+    _state["timer"] = False
+    if _state["owed"]:
+        _state["owed"] = False  # the handler owes it again if it is ours that takes it
         _thread.interrupt_main(signum)
 
 
