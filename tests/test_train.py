@@ -110,7 +110,7 @@ def test_a_time_budget_plans_the_decay_from_the_pace():
     assert replan(wsd, plan, 150, 525.0, None) == plan  # the same budget: the same plan
     # During the decay, a pace that changed moves the end, from the rate reached.
     assert follow_pace(wsd, plan, 120, 480.0, 1.5, None) is None  # on pace
-    assert follow_pace(wsd, plan, 120, 480.0, 1.51, None) is None  # within the tolerance
+    assert follow_pace(wsd, plan, 120, 480.0, 1.55, None) is None  # within the tolerance
     slower = follow_pace(wsd, plan, 120, 480.0, 3.0, None)  # 120 s left fit 40 steps, not 80
     assert (slower.total_steps, slower.decay_from, slower.seconds_per_step) == (160, 120, 3.0)
     assert rate(wsd, slower, 120) == pytest.approx(rate(wsd, plan, 120))
@@ -293,15 +293,15 @@ def test_a_resumed_budgeted_run_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_a_budget_whose_pace_slows_in_the_decay_still_ends_at_the_lowest_rate(tmp_path):
-    """Planned at one second a step (decay from step 90, end at 120), then two seconds a
-    step: the 30 seconds left fit about 15 steps, not 30; the decay follows the new pace and
+    """Planned at one second a step (decay from step 180, end at 240), then two seconds a
+    step: the 60 seconds left fit about 30 steps, not 60; the decay follows the new pace and
     the run's last step is at the lowest rate, where it stood at half the peak before."""
-    tcfg = TrainConfig(batch_size=4, seq_len=16, minutes=2, schedule="wsd", decay_fraction=0.25,
+    tcfg = TrainConfig(batch_size=4, seq_len=16, minutes=4, schedule="wsd", decay_fraction=0.25,
                        eval_every=1000, checkpoint_every=1000, sample_every=0, learning_rate=0.01,
                        min_lr_ratio=0.1)
-    slowing = Ticking(seconds=lambda step: 1.0 if step <= 90 else 2.0)
+    slowing = Ticking(seconds=lambda step: 1.0 if step <= 180 else 2.0)
     result = budgeted_run(tmp_path, tcfg, slowing)
-    assert result.reason == "minutes" and 100 <= result.step <= 106, result.step
+    assert result.reason == "minutes" and 205 <= result.step <= 212, result.step
     assert [n for n in slowing.notes if n.startswith("the pace is now 2.000 s a step")]
     assert slowing.rates[-1] == pytest.approx(0.001, rel=1e-3)
-    assert all(a >= b for a, b in zip(slowing.rates[90:], slowing.rates[91:]))
+    assert all(a >= b for a, b in zip(slowing.rates[180:], slowing.rates[181:]))

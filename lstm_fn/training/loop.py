@@ -173,7 +173,7 @@ class _Loop:
         self.status, self.message, self.signal, self.last_lr = "done", "", None, 0.0
         self.reason = "steps"
         self.started, self.step_timed, self.pace_from = clock(), False, None
-        self.plan_from = None  # (step, clock) where this process last made a budget's plan
+        self.plan_from = None  # (step, clock) where this process planned a budget's decay
 
     @property
     def step(self) -> int:
@@ -329,20 +329,18 @@ class _Loop:
                                timed)
             if plan is not None and (book.plan is None or (
                     plan.total_steps < book.plan.total_steps and self.step < book.plan.decay_from)):
-                self._new_plan(plan, planned(job.tcfg, plan))  # the budget ends the run first
+                book.plan, self.plan_from = plan, (self.step, self.clock())  # the budget ends first
+                self.reporter.note(planned(job.tcfg, plan))
         elif book.plan is not None and self.step - self.plan_from[0] >= REPACE_STEPS:
-            recent = (self.clock() - self.plan_from[1]) / (self.step - self.plan_from[0])
-            plan = follow_pace(job.tcfg, book.plan, self.step, self.seconds(), recent,
+            in_decay = (self.clock() - self.plan_from[1]) / (self.step - self.plan_from[0])
+            plan = follow_pace(job.tcfg, book.plan, self.step, self.seconds(), in_decay,
                                job.total_steps)
             if plan is not None:
-                self._new_plan(plan, repaced(job.tcfg, plan))
+                book.plan = plan
+                self.reporter.note(repaced(job.tcfg, plan))
         if timed == MEASURED_STEPS and (end := self.total_steps()) is not None:
             self.reporter.note(f"at the pace of the last {timed} steps, the {end - self.step:,} "
                                f"steps left take about {duration(per_step * (end - self.step))}")
-
-    def _new_plan(self, plan: Plan, note: str) -> None:
-        self.book.plan, self.plan_from = plan, (self.step, self.clock())
-        self.reporter.note(note)
 
     def evaluate_and_export(self, scheduled: bool = True) -> bool:
         """Evaluate, report, and export the model when it beats the exported one; False

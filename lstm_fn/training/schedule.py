@@ -34,9 +34,10 @@ DECAYING = ("cosine", "linear", "wsd")
 # Steps timed (after the first, which compiles) before linear or cosine plan a time budget.
 MEASURED_STEPS = 20
 # Steps timed since a budget's plan before the decay follows a changed pace, and how far
-# the end must move (as a share of the decay's steps, at least 2 steps) for it to.
-REPACE_STEPS = 5
-REPACE_TOLERANCE = 0.02
+# the end must move (as a share of the decay's steps, at least 2 steps) for it to: ending
+# that close to the planned end leaves the rate that close to its lowest.
+REPACE_STEPS = 10
+REPACE_TOLERANCE = 0.05
 
 
 class Plan(NamedTuple):
@@ -128,7 +129,7 @@ def plan_budget(tcfg: TrainConfig, step: int, seconds: float, seconds_per_step: 
 def follow_pace(tcfg: TrainConfig, plan: Plan, step: int, seconds: float,
                 seconds_per_step: float, step_limit: int | None) -> Plan | None:
     """During a time budget's decay: a new plan when, at ``seconds_per_step`` (measured since
-    ``plan`` was made), the steps that fit the time left would end the run more than the
+    the decay began), the steps that fit the time left would end the run more than the
     tolerance away from the planned end (else None). The decay goes on from the rate
     reached; without this, a pace that slowed ends the budget before the rate is down."""
     if tcfg.minutes is None or plan.seconds_per_step is None or not (
