@@ -36,10 +36,18 @@ MAX_SAMPLE_LENGTH = 100_000
 # The model fields a config may set, with their types; vocab_size comes from the text.
 MODEL_FIELDS = {name: kind for name, kind in typing.get_type_hints(ModelConfig).items()
                 if name != "vocab_size"}
-# The train defaults of each command where they differ from TrainConfig's; "steps" applies
-# only when no stopping rule is given anywhere (config file or command line).
-COMMAND_DEFAULTS = {"pretrain": {"steps": 5000},
-                    "fine-tune": {"steps": 1000, "learning_rate": 5e-4}}
+# The model and train defaults of each command where they differ from ModelConfig's and
+# TrainConfig's (which stay plain for the library: float32, a constant rate). A pretrain
+# from the command line takes what measured best for a run of minutes to an hour on a CPU
+# (docs/results.md): the GRU, a short warmup, the rate held then decayed over the last
+# fifth, bfloat16 matmuls where the hardware has them. "steps" applies only when no
+# stopping rule is given anywhere (config file or command line).
+COMMAND_DEFAULTS = {
+    "pretrain": {"model": {"cell": "gru"},
+                 "train": {"steps": 5000, "schedule": "wsd", "warmup_steps": 20,
+                           "matmul_precision": "auto"}},
+    "fine-tune": {"model": {}, "train": {"steps": 1000, "learning_rate": 5e-4}},
+}
 
 
 def _positive(value) -> str | None:
@@ -303,11 +311,11 @@ def resolve(command: str, file: dict, given_model: dict, given_train: dict, *,
                                                             given_train)]
     if record is not None:
         return _resumed(record, layers)
-    defaults = dict(COMMAND_DEFAULTS[command])
+    defaults = dict(COMMAND_DEFAULTS[command]["train"])
     if set(STOPPING_RULES) & (set(file["train"]) | set(given_train)):
         defaults.pop("steps", None)
-    layers = [("default", MODEL_DEFAULTS, TRAIN_DEFAULTS), (f"{command} default", {}, defaults),
-              *layers]
+    layers = [("default", MODEL_DEFAULTS, TRAIN_DEFAULTS),
+              (f"{command} default", COMMAND_DEFAULTS[command]["model"], defaults), *layers]
     model, train, sources = _merge(layers)
     if base is not None:
         _inherit(base, model, train, sources)

@@ -89,8 +89,11 @@ def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch)
 # no stopping rule is given anywhere.
 PRECEDENCE = [
     # command, config file's train, command line's train, expected, their sources
-    ("pretrain", {}, {}, {"steps": 5000, "learning_rate": 2e-3},
-     {"steps": "pretrain default", "learning_rate": "default"}),
+    ("pretrain", {}, {}, {"steps": 5000, "learning_rate": 2e-3, "schedule": "wsd",
+                          "warmup_steps": 20, "matmul_precision": "auto"},
+     {"steps": "pretrain default", "learning_rate": "default", "schedule": "pretrain default"}),
+    ("fine-tune", {}, {}, {"schedule": "constant", "matmul_precision": "float32"},
+     {"schedule": "default"}),
     ("fine-tune", {}, {}, {"steps": 1000, "learning_rate": 5e-4},
      {"steps": "fine-tune default", "learning_rate": "fine-tune default"}),
     ("fine-tune", {"learning_rate": 0.01}, {}, {"learning_rate": 0.01},
@@ -121,6 +124,8 @@ def test_model_settings_by_precedence():
                          "dropout": 0.0}
     assert [run.sources[f"model.{k}"] for k in ("cell", "hidden_size", "embed_size")] == \
         ["command line", "config file", "default"]
+    bare = resolve("pretrain", {"model": {}, "train": {}}, {}, {})
+    assert bare.model["cell"] == "gru" and bare.sources["model.cell"] == "pretrain default"
 
 
 BASE = BaseModel(ModelConfig("gru", 30, embed_size=8, hidden_size=16, num_layers=1), "bytes")

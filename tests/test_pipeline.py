@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import reference_numpy as ref
 from lstm_fn.cli.app import cli
+from lstm_fn.config import resolve
 from lstm_fn.nn.config import ModelConfig
 from conftest import TINY, corpus_text, lstm_fn, lstm_fn_command
 from reference_numpy.weights import read_weights
@@ -39,11 +40,12 @@ def test_help_states_every_default():
         output = CliRunner().invoke(cli, [command, "--help"], terminal_width=400).output
         return " ".join(output.split())
 
-    built_in = ModelConfig()
+    bare = resolve("pretrain", {"model": {}, "train": {}}, {}, {})  # what a bare run takes
     pretrain, fine_tune = help_of("pretrain"), help_of("fine-tune")
-    for flag, value in [("--cell", built_in.cell), ("--embed-size", built_in.embed_size),
-                        ("--hidden-size", built_in.hidden_size),
-                        ("--layers", built_in.num_layers), ("--dropout", built_in.dropout)]:
+    for flag, key in [("--cell", "cell"), ("--embed-size", "embed_size"),
+                      ("--hidden-size", "hidden_size"), ("--layers", "num_layers"),
+                      ("--dropout", "dropout")]:
+        value = bare.model[key]
         assert f"[default: {value}]" in pretrain.split(flag + " ")[1].split(" --")[0], flag
         base = "0.0" if flag == "--dropout" else "the base model's"
         assert f"[default: {base}]" in fine_tune.split(flag + " ")[1].split(" --")[0], flag

@@ -284,7 +284,9 @@ def test_a_run_written_by_release_0_1_0_resumes_exactly(tmp_path, monkeypatch):
     record.write_text(record.read_text().replace("/tmp/lstm_fn-0.1.0-run", str(old)))
     options = ["--cell", "gru", "--embed-size", "4", "--hidden-size", "8", "--layers", "1",
                "--batch-size", "4", "--seq-len", "16", "--sample-every", "0",
-               "--eval-every", "2", "--checkpoint-every", "2", "--steps", "5"]
+               "--eval-every", "2", "--checkpoint-every", "2", "--steps", "5",
+               # 0.1.0's defaults
+               "--schedule", "constant", "--warmup-steps", "0", "--matmul-precision", "float32"]
     resumed = invoke("pretrain", "--resume", "--run-dir", old / "run", "--steps", "5")
     assert resumed.exit_code == 0 and "resumed from checkpoint 3" in resumed.stderr, \
         resumed.output

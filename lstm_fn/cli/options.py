@@ -169,7 +169,7 @@ def run_options(command_name: str, shown: dict | None = None):
     defaults = COMMAND_DEFAULTS[command_name]
 
     def decorate(command):
-        command = _model_options(command, shown or {})
+        command = _model_options(command, {**defaults["model"], **(shown or {})})
         for option in reversed([
             click.argument("corpus", required=False),
             click.option("--config", "config_path", type=UserPath(),
@@ -183,7 +183,7 @@ def run_options(command_name: str, shown: dict | None = None):
             *cluster_options(),
         ]):
             command = option(command)
-        return _train_options(command, {**defaults, **(shown or {})})
+        return _train_options(command, {**defaults["train"], **(shown or {})})
     return decorate
 
 
