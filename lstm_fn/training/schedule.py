@@ -121,9 +121,17 @@ def plan_budget(tcfg: TrainConfig, step: int, seconds: float, seconds_per_step: 
         due = timed_steps >= MEASURED_STEPS and step >= tcfg.warmup_steps
     if not due:
         return None
-    fits = step + max(1, math.floor((budget - seconds) / max(seconds_per_step, 1e-9)))
-    total = fits if step_limit is None else min(fits, step_limit)
+    total = _end_in_budget(tcfg, step, seconds, seconds_per_step, step_limit)
     return Plan(total, step, 1.0, seconds_per_step, tcfg.minutes)
+
+
+def _end_in_budget(tcfg: TrainConfig, step: int, seconds: float, seconds_per_step: float,
+                   step_limit: int | None) -> int:
+    """The step where the run ends: as many steps as fit the budget's seconds left at
+    ``seconds_per_step`` (at least one), or its step limit if that comes first."""
+    left = tcfg.minutes * 60 - seconds
+    fits = step + max(1, math.floor(left / max(seconds_per_step, 1e-9)))
+    return fits if step_limit is None else min(fits, step_limit)
 
 
 def follow_pace(tcfg: TrainConfig, plan: Plan, step: int, seconds: float,
@@ -135,8 +143,7 @@ def follow_pace(tcfg: TrainConfig, plan: Plan, step: int, seconds: float,
     if tcfg.minutes is None or plan.seconds_per_step is None or not (
             plan.decay_from < step < plan.total_steps):
         return None
-    fits = step + max(1, math.floor((tcfg.minutes * 60 - seconds) / max(seconds_per_step, 1e-9)))
-    total = fits if step_limit is None else min(fits, step_limit)
+    total = _end_in_budget(tcfg, step, seconds, seconds_per_step, step_limit)
     tolerance = max(2, REPACE_TOLERANCE * (plan.total_steps - plan.decay_from))
     if abs(total - plan.total_steps) <= tolerance:
         return None
@@ -161,8 +168,7 @@ def replan(tcfg: TrainConfig, plan: Plan | None, step: int, seconds: float,
     reached = rate(tcfg, plan, step) / tcfg.learning_rate
     total = step_limit
     if tcfg.minutes is not None and plan.seconds_per_step is not None:
-        fits = step + max(1, math.floor((tcfg.minutes * 60 - seconds) / plan.seconds_per_step))
-        total = fits if step_limit is None else min(fits, step_limit)
+        total = _end_in_budget(tcfg, step, seconds, plan.seconds_per_step, step_limit)
     if total is None:
         return plan
     return Plan(max(total, step + 1), step, reached, plan.seconds_per_step, tcfg.minutes)
