@@ -110,7 +110,8 @@ def test_ctrl_c_while_an_extension_module_loads_waits_until_it_has_loaded(env):
     """Raised inside a compiled module's initialisation, the interrupt became an ImportError
     or crashed the process from C++ (no line at all); it is raised once the module is in."""
     done = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_LOADING_AN_EXTENSION],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=default_sigint())
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == ["signal sent", "interrupted"], done.stderr
 
@@ -137,6 +138,6 @@ LOST_ON_THE_WAY = textwrap.dedent("""
 
 def test_an_interrupt_lost_on_the_way_is_sent_again():
     done = subprocess.run([sys.executable, "-c", LOST_ON_THE_WAY], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, preexec_fn=default_sigint())
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == ["lost", "interrupted"], done.stderr

@@ -21,7 +21,6 @@ if a second later nothing has, it was lost on the way, and the signal is sent ag
 
 from __future__ import annotations
 
-import _thread
 import gc
 import os
 import signal
@@ -72,7 +71,11 @@ def _send_again(signum: int) -> None:
     _state["timer"] = False
     if _state["owed"]:
         _state["owed"] = False  # the handler owes it again if it is ours that takes it
-        _thread.interrupt_main(signum)
+        # A real signal, to the main thread: it also wakes a wait there (a sleep, a lock),
+        # which _thread.interrupt_main does not.
+        import threading
+
+        signal.pthread_kill(threading.main_thread().ident, signum)
 
 
 def _must_wait(frame) -> bool:
