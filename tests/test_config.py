@@ -70,9 +70,10 @@ def test_built_in_configs_are_found_by_name_and_are_valid(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     names = sorted(path.stem for path in BUILT_IN_CONFIGS.glob("*.json"))
     assert names == ["quick", "shakespeare"]
-    for name in names:  # tuned runs: a GRU, bounded by time or characters, not steps
+    for name in names:  # tuned runs, bounded by time or characters, not steps
         run = resolve("pretrain", read_config_file(config_file(name)), {}, {})
-        assert run.model["cell"] == "gru" and run.train.steps is None
+        assert run.model["cell"] == {"quick": "gru", "shakespeare": "lstm"}[name]
+        assert run.train.steps is None
         assert (run.train.minutes or run.train.chars) and run.train.schedule == "wsd"
         assert run.train.matmul_precision == "auto"
     (tmp_path / "quick").mkdir()  # a folder of that name does not hide it
