@@ -94,9 +94,10 @@ def _must_wait(frame) -> bool:
 
 
 def leave(code: int) -> None:
-    """End an interrupted process now, its output flushed, without Python's finalization:
-    an interrupt can leave JAX's runtime half set up, and tearing that down crashed the
-    process (a segmentation fault after "interrupted")."""
+    """End the process now, its output flushed, without Python's finalization: an interrupt
+    can leave JAX's runtime half set up, and tearing that down crashed the process (a
+    segmentation fault after "interrupted"); a run of several processes that lost one
+    would wait at JAX's shutdown for it."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -196,9 +196,9 @@ def leave_cluster(code: int) -> None:
 
     threading.Thread(target=leave, daemon=True).start()
     if not left.wait(LEAVE_TIMEOUT):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        from lstm_fn.cli import interrupts
+
+        interrupts.leave(code)
 
 
 def _check_coordinator(host: str, port: int, process_id: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from lstm_fn.cli import errors
+from lstm_fn.cli import errors, interrupts
 from lstm_fn.cli.options import (Command, UserPath, command_line, default_run_dir, flag,
                                  given_train, invoked_as, run_options)
 
@@ -115,9 +115,7 @@ def lost_process(error: Exception, request) -> None:
     click.echo(f"Error: {lost} of the run is gone ({type(error).__name__}: "
                f"{errors.first_line(error)[:200]}); the last whole checkpoint is kept: "
                f"continue with `{request.resume_command()}` on every process", err=True)
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(errors.LOST_PROCESS)
+    interrupts.leave(errors.LOST_PROCESS)
 
 
 def _exit_code(result) -> int:
